@@ -150,12 +150,24 @@ def test_failed_training_leaves_the_previous_model_usable(trained_env, tmp_path)
     assert env.run("suggest", "ebm-en", stdin=TEXT).stdout == expected
 
 
-def test_suggest_before_training_names_the_missing_file(tmp_path, sample_corpus):
+def test_suggest_before_training_is_a_clear_error(tmp_path, sample_corpus):
     env = AnnifEnv(tmp_path / "fresh", EBM_PROJECT)
     env.run("load-vocab", "--language", "en", "gnd", str(sample_corpus["vocab"]))
     result = env.run("suggest", "ebm-en", stdin=TEXT, check=False)
+    assert result.returncode != 0 and "not trained" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("role", ["metadata", "store_file", "ranker_file"])
+def test_missing_model_file_is_named_in_the_error(trained_env, tmp_path, role):
+    env = trained_env.copy_to(tmp_path / "env")
+    project = env.project_dir("ebm-en")
+    metadata = json.loads((project / "ebm-model.json").read_text())
+    name = "ebm-model.json" if role == "metadata" else metadata[role]
+    (project / name).unlink()
+    result = env.run("suggest", "ebm-en", stdin=TEXT, check=False)
     assert result.returncode != 0
-    assert "ebm-model.json" in result.stderr and "not found" in result.stderr
+    assert str(project / name) in result.stderr
     assert "Traceback" not in result.stderr
 
 

@@ -53,7 +53,17 @@ def _embedder_key(params: EbmParams) -> str:
 class _LoadedModel:
     metadata: model_files.ModelMetadata
     store: LabelStore
-    ranker: Ranker
+    ranker_path: str
+    _ranker: tuple[int, Ranker] | None = None
+
+    @property
+    def ranker(self) -> Ranker:
+        """The ranker, loaded once per process on first use: XGBoost's OpenMP
+        pool, once started, hangs in processes forked later (annif eval --jobs),
+        so nothing touches XGBoost before the first suggest."""
+        if self._ranker is None or self._ranker[0] != os.getpid():
+            self._ranker = (os.getpid(), Ranker.load(self.ranker_path))
+        return self._ranker[1]
 
 
 class EbmBackend(AnnifBackend):
@@ -96,10 +106,9 @@ class EbmBackend(AnnifBackend):
                         raise OperationFailedException(
                             f"model file {path} is missing; retrain the project"
                         )
-                ranker = Ranker.load(ranker_path)
                 params, _ = self._parse(self.params)
                 store = LabelStore(store_path, params.duckdb_threads)
-                self._model = _LoadedModel(metadata, store, ranker)
+                self._model = _LoadedModel(metadata, store, ranker_path)
             return self._model
 
     def initialize(self, parallel: bool = False) -> None:
@@ -238,7 +247,9 @@ class EbmBackend(AnnifBackend):
             )
         generator = CandidateGenerator(self.project.language, embedder, model.store, p)
         candidates = generator.candidates([doc.text for doc in documents])
-        scores = model.ranker.predict(feature_matrix(candidates), p.xgb_jobs)
+        with self._lock:
+            ranker = model.ranker
+        scores = ranker.predict(feature_matrix(candidates), p.xgb_jobs)
         return self._to_suggestion_batch(candidates, scores, len(documents), p.limit)
 
     def _to_suggestion_batch(self, candidates: pl.DataFrame, scores: np.ndarray,
