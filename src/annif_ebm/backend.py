@@ -183,9 +183,9 @@ class EbmBackend(AnnifBackend):
     def _collect_training_data(self, corpus, generator, writer) -> None:
         skipped = 0
         with tqdm(desc="train documents", unit="doc", disable=not _show_progress()) as bar:
-            for batch in _batched(corpus.documents, TRAIN_BATCH_DOCS):
-                batch = [doc for doc in batch if doc.subject_set]
-                skipped += TRAIN_BATCH_DOCS - len(batch)
+            for documents in _batched(corpus.documents, TRAIN_BATCH_DOCS):
+                batch = [doc for doc in documents if doc.subject_set]
+                skipped += len(documents) - len(batch)
                 if not batch:
                     continue
                 candidates = generator.candidates([doc.text for doc in batch])
@@ -193,8 +193,8 @@ class EbmBackend(AnnifBackend):
                 bar.update(len(batch))
                 self.debug(f"{writer.n_docs} training documents processed")
         self.info(
-            f"collected {writer.n_rows} candidates from {writer.n_docs} documents; "
-            f"stage seconds: {dict(generator.stage_seconds)}"
+            f"collected {writer.n_rows} candidates from {writer.n_docs} documents "
+            f"(skipped {skipped} without subjects); stage seconds: {dict(generator.stage_seconds)}"
         )
         if writer.n_docs == 0:
             raise NotSupportedException(
