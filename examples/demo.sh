@@ -9,4 +9,4 @@ export ANNIF_PROJECTS="$here/projects.cfg" ANNIF_DATADIR="$here/work" HF_HUB_OFF
 "$annif" load-vocab --language en gnd-sample "$here/data/gnd-sample.tsv"
 "$annif" train gnd-ebm-en "$here/data/train.tsv"
 "$annif" eval gnd-ebm-en "$here/data/test.tsv" --metric F1@5 --metric NDCG \
-    --metric "Precision@1" --metric "Recall@5" --metric "Documents evaluated"
+    --metric NDCG@5 --metric "Precision@1" --metric "Precision@5"
