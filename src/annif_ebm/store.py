@@ -155,7 +155,7 @@ class LabelStore:
                     with self._connect() as con:
                         table = con.execute(
                             "SELECT vec FROM store.labels ORDER BY label_id"
-                        ).fetch_arrow_table()
+                        ).to_arrow_table()
                     flat = table.column("vec").combine_chunks().values.to_numpy()
                     vectors = flat.astype(np.float32).reshape(len(self), self.dimension)
                     self._matrix["cpu"] = torch.from_numpy(vectors)
