@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import itertools
 import json
@@ -79,6 +80,8 @@ class EbmBackend(AnnifBackend):
         self._embedder: Embedder | None = None
         self._embedder_key: str | None = None
         self._active: np.ndarray | None = None
+        # seconds spent per pipeline stage by suggest calls, for benchmarks
+        self.stage_seconds: collections.Counter = collections.Counter()
 
     # ---- parameters ----
 
@@ -247,10 +250,14 @@ class EbmBackend(AnnifBackend):
             )
         generator = CandidateGenerator(self.project.language, embedder, model.store, p)
         candidates = generator.candidates([doc.text for doc in documents])
+        with generator.stage("rank"):
+            with self._lock:
+                ranker = model.ranker
+            scores = ranker.predict(feature_matrix(candidates), p.xgb_jobs)
+            batch = self._to_suggestion_batch(candidates, scores, len(documents), p.limit)
         with self._lock:
-            ranker = model.ranker
-        scores = ranker.predict(feature_matrix(candidates), p.xgb_jobs)
-        return self._to_suggestion_batch(candidates, scores, len(documents), p.limit)
+            self.stage_seconds.update(generator.stage_seconds)
+        return batch
 
     def _to_suggestion_batch(self, candidates: pl.DataFrame, scores: np.ndarray,
                              n_docs: int, limit: int) -> SuggestionBatch:

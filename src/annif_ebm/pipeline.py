@@ -30,7 +30,8 @@ class CandidateGenerator:
         self.stage_seconds: collections.Counter = collections.Counter()
 
     @contextlib.contextmanager
-    def _stage(self, name: str):
+    def stage(self, name: str):
+        """Time a block as pipeline stage ``name``."""
         start = time.perf_counter()
         yield
         self.stage_seconds[name] += time.perf_counter() - start
@@ -38,22 +39,22 @@ class CandidateGenerator:
     def candidates(self, texts: list[str]) -> pl.DataFrame:
         """Candidate concepts with features; ``doc`` is the index into ``texts``."""
         p = self.params
-        with self._stage("chunk"):
+        with self.stage("chunk"):
             chunk_lists = [self.chunker.chunk(text) for text in texts]
             n_chunks = np.array([len(chunks) for chunks in chunk_lists], dtype=np.int64)
             chunks = [chunk for chunk_list in chunk_lists for chunk in chunk_list]
             doc_of_chunk = np.repeat(np.arange(len(texts), dtype=np.uint32), n_chunks)
             starts = np.cumsum(n_chunks) - n_chunks
             position = np.arange(len(chunks)) - np.repeat(starts, n_chunks)
-        with self._stage("embed"):
+        with self.stage("embed"):
             vectors = self.embedder.encode_queries(chunks)
-        with self._stage("search"):
+        with self.stage("search"):
             query, label, score = self.store.search(
                 vectors, p.candidates_per_chunk, p.search,
                 device=self.embedder.devices[0], ef_search=p.ef_search,
             )
             rank = np.arange(len(query)) - np.searchsorted(query, query)
-        with self._stage("features"):
+        with self.stage("features"):
             hits = hits_frame(
                 doc=doc_of_chunk[query],
                 chunk=position[query].astype(np.uint32),
