@@ -1,0 +1,150 @@
+"""Accuracy, train cost and suggest speed of ebm beside Annif's own backends
+(and, optionally, DNB's ebm4subjects), in one run on one dataset.
+
+  python bench/accuracy.py tibcore-en
+  python bench/accuracy.py yso-finna-en --train-limit 10000
+  python bench/accuracy.py custom --vocab V.tsv --train T.tsv --validate D.tsv
+  ... --reference-python /tmp/ref-venv/bin/python     # add ebm4subjects 0.9.2
+  ... --ensemble-weights omikuji:0.4,mllm:0.3,ebm:0.3  # from annif hyperopt
+
+Writes bench/results/accuracy-<dataset>-<date>.md and prints it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import itertools
+import json
+import os
+import sys
+from pathlib import Path
+
+import metrics
+from common import BENCH, DATA_ROOT, DATASETS, RESULTS, machine_facts, markdown_table, timed_run
+
+BIN = Path(sys.executable).parent
+PROJECTS = {
+    "ebm": "backend=ebm",
+    "tfidf": "backend=tfidf\nanalyzer=snowball(english)",
+    "mllm": "backend=mllm\nanalyzer=snowball(english)",
+    "omikuji": "backend=omikuji\nanalyzer=snowball(english)",
+}
+
+
+def projects_cfg(backends: list[str], weights: dict[str, float]) -> str:
+    sections = [f"[{b}]\nname={b}\nlanguage=en\nvocab=voc\n{PROJECTS[b]}\n" for b in backends]
+    if {"omikuji", "mllm"} <= set(backends):
+        for members in (["omikuji", "mllm"], ["omikuji", "mllm", "ebm"]):
+            if set(members) <= set(backends):
+                sources = ",".join(f"{m}:{weights.get(m, 1.0)}" for m in members)
+                sections.append(
+                    f"[{'+'.join(members)}]\nname=ensemble\nlanguage=en\nvocab=voc\n"
+                    f"backend=ensemble\nsources={sources}\n"
+                )
+    return "\n".join(sections)
+
+
+def limited(path: Path, limit: int, workdir: Path) -> Path:
+    if not limit:
+        return path
+    target = workdir / f"{path.stem}-{limit}.tsv"
+    with open(path, encoding="utf-8") as src, open(target, "w", encoding="utf-8") as dst:
+        dst.writelines(itertools.islice(src, limit))
+    return target
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("dataset")
+    parser.add_argument("--vocab")
+    parser.add_argument("--train")
+    parser.add_argument("--validate")
+    parser.add_argument("--train-limit", type=int, default=0)
+    parser.add_argument("--backends", default="ebm,tfidf,mllm,omikuji")
+    parser.add_argument("--ensemble-weights", default="")
+    parser.add_argument("--reference-python", help="python of a venv with ebm4subjects")
+    parser.add_argument("--workdir", type=Path)
+    args = parser.parse_args()
+
+    if args.dataset in DATASETS:
+        names = DATASETS[args.dataset]
+        vocab, train, validate = (DATA_ROOT / args.dataset / n for n in names)
+    else:
+        vocab, train, validate = Path(args.vocab), Path(args.train), Path(args.validate)
+    workdir = (args.workdir or BENCH / "work" / args.dataset).resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    train = limited(train, args.train_limit, workdir)
+    backends = args.backends.split(",")
+    weights = {k: float(v) for k, v in (w.split(":") for w in args.ensemble_weights.split(",") if w)}
+
+    nltk_data = workdir / "nltk_data"
+    import punkt_tab
+
+    punkt_tab.write_punkt_tab(str(nltk_data), ["en"])
+    (workdir / "projects.cfg").write_text(projects_cfg(backends, weights), encoding="utf-8")
+    env = dict(os.environ, ANNIF_PROJECTS=str(workdir / "projects.cfg"),
+               ANNIF_DATADIR=str(workdir / "data"), NLTK_DATA=str(nltk_data),
+               HF_HUB_OFFLINE="1")
+    annif = str(BIN / "annif")
+    timed_run([annif, "load-vocab", "--force", "--language", "en", "voc", str(vocab)], env)
+    gold = metrics.read_gold(str(validate))
+
+    rows = []
+    systems = backends + [s for s in ("omikuji+mllm", "omikuji+mllm+ebm")
+                          if set(s.split("+")) <= set(backends)]
+    for system in systems:
+        row = {"system": system}
+        if "+" not in system:
+            trained = timed_run([annif, "train", system, str(train)], env,
+                                log=workdir / f"train-{system}.log")
+            row.update(train_s=trained["wall_s"], train_rss_mb=trained["peak_rss_mb"])
+        predictions = workdir / f"predictions-{system}.tsv"
+        run = timed_run([sys.executable, str(BENCH / "annif_predict.py"), system,
+                         str(validate), str(predictions)], env, log=workdir / f"suggest-{system}.log")
+        report = json.loads(run["stdout"].strip().splitlines()[-1])
+        row.update(suggest_docs_s=report["docs_per_s"], suggest_rss_mb=run["peak_rss_mb"])
+        row.update(metrics.evaluate(metrics.read_predictions(str(predictions), len(gold)), gold))
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+
+    if args.reference_python:
+        rows.append(reference_row(args.reference_python, vocab, train, validate, workdir, gold))
+
+    columns = ["system", "F1@5", "NDCG", "Precision@1", "Recall@5", "train_s",
+               "train_rss_mb", "suggest_docs_s", "suggest_rss_mb"]
+    text = "\n".join([
+        f"# Accuracy: {args.dataset}", "",
+        *machine_facts(),
+        f"- data: vocab `{vocab.name}`, train `{train.name}`, validate `{validate.name}` "
+        f"({len(gold)} documents)",
+        f"- command: `python bench/{Path(__file__).name} {' '.join(sys.argv[1:])}`",
+        "- train_s / *_rss_mb: wall time and peak RSS of the whole `annif train` / suggest "
+        "process; suggest_docs_s excludes model loading", "",
+        markdown_table(rows, columns), "",
+    ])
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / f"accuracy-{args.dataset}-{datetime.date.today()}.md"
+    out.write_text(text, encoding="utf-8")
+    print(text)
+
+
+def reference_row(python, vocab, train, validate, workdir, gold) -> dict:
+    """DNB's ebm4subjects with DNB's Annif backend defaults, same model."""
+    refdir = workdir / "ebm4subjects"
+    common = [python, str(BENCH / "reference_ebm4subjects.py"), "--vocab", str(vocab),
+              "--train", str(train), "--test", str(validate), "--workdir", str(refdir)]
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    trained = timed_run([*common, "--phase", "train", "--out", str(refdir / "train.json")], env)
+    suggested = timed_run([*common, "--phase", "suggest", "--out", str(refdir / "suggest.json")], env)
+    report = json.loads((refdir / "suggest.json").read_text())
+    row = {"system": "ebm4subjects 0.9.2", "train_s": trained["wall_s"],
+           "train_rss_mb": trained["peak_rss_mb"], "suggest_docs_s": report.get("docs_per_s"),
+           "suggest_rss_mb": suggested["peak_rss_mb"]}
+    predictions = refdir / "predictions.tsv"
+    row.update(metrics.evaluate(metrics.read_predictions(str(predictions), len(gold)), gold))
+    return row
+
+
+if __name__ == "__main__":
+    main()
