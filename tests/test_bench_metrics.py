@@ -1,0 +1,43 @@
+"""bench/metrics.py must agree with Annif's own evaluation."""
+
+import sys
+
+import numpy as np
+import pytest
+from annif.eval import EvaluationBatch
+from annif.suggestion import SubjectSuggestion
+
+from .conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "bench"))
+import metrics  # noqa: E402
+
+
+class _Subjects:
+    def __init__(self, n):
+        self.n = n
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, subject_id):
+        return subject_id
+
+
+def test_metrics_match_annif_eval():
+    rng = np.random.default_rng(0)
+    n_subjects, gold, ranked, batches = 40, [], [], []
+    for _ in range(30):
+        truth = set(rng.choice(n_subjects, size=rng.integers(0, 4), replace=False).tolist())
+        preds = rng.permutation(n_subjects)[: rng.integers(0, 15)].tolist()
+        gold.append({str(s) for s in truth})
+        ranked.append([str(p) for p in preds])
+        batches.append((truth, [SubjectSuggestion(p, 1.0 - i / 20) for i, p in enumerate(preds[:10])]))
+    evaluation = EvaluationBatch(_Subjects(n_subjects))
+    for truth, suggestions in batches:
+        evaluation.evaluate_many([suggestions], [list(truth)])
+    annif = evaluation.results(metrics=["F1@5", "NDCG", "Precision@1"])
+    ours = metrics.evaluate(ranked, gold)
+    for name in ("F1@5", "NDCG", "Precision@1"):
+        assert ours[name] == pytest.approx(annif[name], abs=1e-6), name
+    assert 0 <= ours["Recall@5"] <= 1
