@@ -83,3 +83,10 @@ def test_damaged_store_is_a_clear_error(tmp_path, content):
     path.write_bytes(content)
     with pytest.raises(OperationFailedException, match="broken.duckdb"):
         LabelStore(str(path))
+
+
+def test_paths_with_quotes_and_spaces(tmp_path, label_set, embedder):
+    path = tmp_path / "project's data" / "labels.duckdb"
+    path.parent.mkdir()
+    write_store(str(path), label_set, embedder.encode_documents(TEXTS), "m")
+    assert len(LabelStore(str(path))) == len(TEXTS)

@@ -43,9 +43,14 @@ def vss_extension_path() -> pathlib.Path:
     return path
 
 
+def _quoted(path) -> str:
+    """A file path as an SQL string literal."""
+    return "'" + str(path).replace("'", "''") + "'"
+
+
 def load_vss(con: duckdb.DuckDBPyConnection) -> None:
     """Load the vss extension from the PyPI package's file (no download)."""
-    con.execute(f"LOAD '{vss_extension_path()}'")
+    con.execute(f"LOAD {_quoted(vss_extension_path())}")
 
 
 def _connect(threads: int) -> duckdb.DuckDBPyConnection:
@@ -80,7 +85,7 @@ def write_store(
         if hnsw:
             load_vss(con)
             con.execute("SET hnsw_enable_experimental_persistence = true")
-        con.execute(f"ATTACH '{path}' AS store")
+        con.execute(f"ATTACH {_quoted(path)} AS store")
         con.execute(
             "CREATE TABLE store.labels (label_id INTEGER PRIMARY KEY, "
             f"concept_id INTEGER, is_pref BOOLEAN, label VARCHAR, vec FLOAT[{dim}])"
@@ -131,7 +136,7 @@ class LabelStore:
         try:
             if with_vss:
                 load_vss(con)  # before ATTACH, so the stored index is usable
-            con.execute(f"ATTACH '{self.path}' AS store (READ_ONLY)")
+            con.execute(f"ATTACH {_quoted(self.path)} AS store (READ_ONLY)")
             yield con
         except duckdb.Error as err:
             raise OperationFailedException(
@@ -199,7 +204,7 @@ class LabelStore:
             if self._hnsw_con is None or self._hnsw_con[0] != os.getpid():
                 con = _connect(self.threads)
                 load_vss(con)
-                con.execute(f"ATTACH '{self.path}' AS store (READ_ONLY)")
+                con.execute(f"ATTACH {_quoted(self.path)} AS store (READ_ONLY)")
                 self._hnsw_con = (os.getpid(), con)
             return self._hnsw_con[1]
 
