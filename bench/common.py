@@ -69,7 +69,7 @@ def machine_facts() -> list[str]:
 def markdown_table(rows: list[dict], columns: list[str]) -> str:
     def cell(value):
         if isinstance(value, float):
-            return f"{value:.4f}" if value < 10 else f"{value:.1f}"
+            return f"{value:.4f}" if abs(value) < 1 else f"{value:.1f}"
         return "" if value is None else str(value)
 
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
