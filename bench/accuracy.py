@@ -75,7 +75,7 @@ def main() -> None:
     workdir = (args.workdir or BENCH / "work" / args.dataset).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     train = limited(train, args.train_limit, workdir)
-    backends = args.backends.split(",")
+    backends = [b for b in args.backends.split(",") if b]
     weights = {k: float(v) for k, v in (w.split(":") for w in args.ensemble_weights.split(",") if w)}
 
     nltk_data = workdir / "nltk_data"
