@@ -133,7 +133,8 @@ def reference_row(python, vocab, train, validate, workdir, gold) -> dict:
     """DNB's ebm4subjects with DNB's Annif backend defaults, same model."""
     refdir = workdir / "ebm4subjects"
     common = [python, str(BENCH / "reference_ebm4subjects.py"), "--vocab", str(vocab),
-              "--train", str(train), "--test", str(validate), "--workdir", str(refdir)]
+              "--train", str(train), "--test", str(validate), "--workdir", str(refdir),
+              "--threads", str(os.cpu_count())]  # all cores, as ours uses
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     trained = timed_run([*common, "--phase", "train", "--out", str(refdir / "train.json")], env)
     suggested = timed_run([*common, "--phase", "suggest", "--out", str(refdir / "suggest.json")], env)

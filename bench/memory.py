@@ -48,6 +48,7 @@ def main() -> None:
             run = timed_run([args.reference_python, str(BENCH / "reference_ebm4subjects.py"),
                              "--vocab", str(data / "yso-en.tsv"), "--train", str(train),
                              "--test", str(data / "validate.tsv"), "--workdir", str(refdir),
+                             "--threads", str(os.cpu_count()),
                              "--phase", "train", "--out", str(refdir / "train.json")],
                             dict(os.environ, HF_HUB_OFFLINE="1"))
             rows.append({"system": "ebm4subjects 0.9.2", "documents": size,
