@@ -65,6 +65,8 @@ def main() -> None:
     parser.add_argument("--ensemble-weights", default="")
     parser.add_argument("--reference-python", help="python of a venv with ebm4subjects")
     parser.add_argument("--workdir", type=Path)
+    parser.add_argument("--suggest-only", action="store_true",
+                        help="reuse the projects trained by an earlier run in the workdir")
     args = parser.parse_args()
 
     if args.dataset in DATASETS:
@@ -87,7 +89,8 @@ def main() -> None:
                ANNIF_DATADIR=str(workdir / "data"), NLTK_DATA=str(nltk_data),
                HF_HUB_OFFLINE="1")
     annif = str(BIN / "annif")
-    timed_run([annif, "load-vocab", "--force", "--language", "en", "voc", str(vocab)], env)
+    if not args.suggest_only:
+        timed_run([annif, "load-vocab", "--force", "--language", "en", "voc", str(vocab)], env)
     gold = metrics.read_gold(str(validate))
 
     rows = []
@@ -95,10 +98,14 @@ def main() -> None:
                           if set(s.split("+")) <= set(backends)]
     for system in systems:
         row = {"system": system}
-        if "+" not in system:
+        train_record = workdir / f"train-{system}.json"
+        if "+" not in system and not args.suggest_only:
             trained = timed_run([annif, "train", system, str(train)], env,
                                 log=workdir / f"train-{system}.log")
-            row.update(train_s=trained["wall_s"], train_rss_mb=trained["peak_rss_mb"])
+            train_record.write_text(json.dumps(
+                {"train_s": trained["wall_s"], "train_rss_mb": trained["peak_rss_mb"]}))
+        if train_record.exists():
+            row.update(json.loads(train_record.read_text()))
         predictions = workdir / f"predictions-{system}.tsv"
         run = timed_run([sys.executable, str(BENCH / "annif_predict.py"), system,
                          str(validate), str(predictions)], env, log=workdir / f"suggest-{system}.log")

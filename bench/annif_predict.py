@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 import time
 
 import annif
@@ -25,6 +27,8 @@ def main() -> None:
     parser.add_argument("predictions")
     parser.add_argument("--limit", type=int, default=100)
     args = parser.parse_args()
+    # initialise only the project measured (and, for an ensemble, its sources)
+    os.environ.setdefault("ANNIF_PROJECTS_INIT", f"^{re.escape(args.project)}$")
     app = annif.create_flask_app()
     with app.app_context():
         project = annif.registry.get_project(args.project)

@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 import datetime
 import itertools
+import os
+import re
 import statistics
 import sys
 import time
@@ -37,6 +39,7 @@ def main() -> None:
         texts = [line.split("\t", 1)[0] for line in itertools.islice(file, args.docs)]
     overrides = {"device": args.device} if args.device else {}
 
+    os.environ.setdefault("ANNIF_PROJECTS_INIT", f"^{re.escape(args.project)}$")
     app = annif.create_flask_app()
     with app.app_context():
         project = annif.registry.get_project(args.project)
