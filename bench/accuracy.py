@@ -21,7 +21,8 @@ import sys
 from pathlib import Path
 
 import metrics
-from common import BENCH, DATA_ROOT, DATASETS, RESULTS, machine_facts, markdown_table, timed_run
+from common import (BENCH, DATA_ROOT, DATASETS, RESULTS, machine_facts, markdown_table,
+                    time_stats, timed_run)
 
 BIN = Path(sys.executable).parent
 PROJECTS = {
@@ -98,14 +99,12 @@ def main() -> None:
                           if set(s.split("+")) <= set(backends)]
     for system in systems:
         row = {"system": system}
-        train_record = workdir / f"train-{system}.json"
+        train_log = workdir / f"train-{system}.log"  # GNU time output of annif train
         if "+" not in system and not args.suggest_only:
-            trained = timed_run([annif, "train", system, str(train)], env,
-                                log=workdir / f"train-{system}.log")
-            train_record.write_text(json.dumps(
-                {"train_s": trained["wall_s"], "train_rss_mb": trained["peak_rss_mb"]}))
-        if train_record.exists():
-            row.update(json.loads(train_record.read_text()))
+            timed_run([annif, "train", system, str(train)], env, log=train_log)
+        if "+" not in system and train_log.exists():
+            trained = time_stats(train_log.read_text(encoding="utf-8"))
+            row.update(train_s=trained["wall_s"], train_rss_mb=trained["peak_rss_mb"])
         predictions = workdir / f"predictions-{system}.tsv"
         run = timed_run([sys.executable, str(BENCH / "annif_predict.py"), system,
                          str(validate), str(predictions)], env, log=workdir / f"suggest-{system}.log")

@@ -31,13 +31,14 @@ def timed_run(cmd: list[str], env: dict | None = None, log: Path | None = None) 
         log.write_text(result.stdout + "\n" + result.stderr, encoding="utf-8")
     if result.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{result.stderr[-3000:]}")
-    rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", result.stderr)
-    wall = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): ([\d:.]+)", result.stderr)
-    return {
-        "wall_s": _seconds(wall.group(1)),
-        "peak_rss_mb": int(rss.group(1)) / 1024,
-        "stdout": result.stdout,
-    }
+    return {**time_stats(result.stderr), "stdout": result.stdout}
+
+
+def time_stats(text: str) -> dict:
+    """Wall seconds and peak RSS (MB) from GNU time -v output."""
+    rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", text)
+    wall = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): ([\d:.]+)", text)
+    return {"wall_s": _seconds(wall.group(1)), "peak_rss_mb": int(rss.group(1)) / 1024}
 
 
 def _seconds(clock: str) -> float:
