@@ -70,7 +70,7 @@ def machine_facts() -> list[str]:
 def markdown_table(rows: list[dict], columns: list[str]) -> str:
     def cell(value):
         if isinstance(value, float):
-            return f"{value:.4f}" if abs(value) < 1 else f"{value:.1f}"
+            return f"{value:.4f}" if abs(value) < 1 else f"{value:.4g}"
         return "" if value is None else str(value)
 
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
