@@ -130,18 +130,31 @@ class LabelStore:
         self._lock = threading.Lock()
         self._hnsw_con = None  # (pid, connection)
 
-    @contextlib.contextmanager
-    def _connect(self, with_vss: bool = False):
+    def _read_error(self, err: duckdb.Error) -> OperationFailedException:
+        return OperationFailedException(
+            f"cannot read label store {self.path}: {err}; retrain the project"
+        )
+
+    def _open(self, with_vss: bool = False) -> duckdb.DuckDBPyConnection:
+        """A new read-only connection with the store file attached as ``store``."""
         con = _connect(self.threads)
         try:
             if with_vss:
                 load_vss(con)  # before ATTACH, so the stored index is usable
             con.execute(f"ATTACH {_quoted(self.path)} AS store (READ_ONLY)")
+        except duckdb.Error as err:
+            con.close()
+            raise self._read_error(err) from err
+        return con
+
+    @contextlib.contextmanager
+    def _connect(self):
+        """A short-lived connection, closed after use (nothing kept across fork)."""
+        con = self._open()
+        try:
             yield con
         except duckdb.Error as err:
-            raise OperationFailedException(
-                f"cannot read label store {self.path}: {err}; retrain the project"
-            ) from err
+            raise self._read_error(err) from err
         finally:
             con.close()
 
@@ -202,10 +215,7 @@ class LabelStore:
         """A connection of this process (a forked child opens its own)."""
         with self._lock:
             if self._hnsw_con is None or self._hnsw_con[0] != os.getpid():
-                con = _connect(self.threads)
-                load_vss(con)
-                con.execute(f"ATTACH {_quoted(self.path)} AS store (READ_ONLY)")
-                self._hnsw_con = (os.getpid(), con)
+                self._hnsw_con = (os.getpid(), self._open(with_vss=True))
             return self._hnsw_con[1]
 
     def _search_hnsw(self, queries: np.ndarray, k: int, ef_search: int):
