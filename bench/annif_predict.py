@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import re
 import time
 
-import annif
-import annif.registry
 from annif.cli_util import open_documents
+from annif.corpus import Document
+
+from common import annif_project
 
 
 def main() -> None:
@@ -27,14 +26,10 @@ def main() -> None:
     parser.add_argument("predictions")
     parser.add_argument("--limit", type=int, default=100)
     args = parser.parse_args()
-    # initialise only the project measured (and, for an ensemble, its sources)
-    os.environ.setdefault("ANNIF_PROJECTS_INIT", f"^{re.escape(args.project)}$")
-    app = annif.create_flask_app()
-    with app.app_context():
-        project = annif.registry.get_project(args.project)
+    with annif_project(args.project) as project:
         corpus = open_documents((args.corpus,), project.subjects, project.vocab_lang, None)
         project.initialize()
-        project.suggest([annif.corpus.Document(text="warm up")])  # load models
+        project.suggest([Document(text="warm up")])  # load models
         getattr(project.backend, "stage_seconds", {}).clear()
         n_docs, start = 0, time.perf_counter()
         with open(args.predictions, "w", encoding="utf-8") as out:

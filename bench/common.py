@@ -3,6 +3,7 @@ markdown tables."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import platform
@@ -20,6 +21,18 @@ DATASETS = {
     "tibcore-en": ("gnd-core-en.tsv", "train.tsv", "validate.tsv"),
     "yso-finna-en": ("yso-en.tsv", "train-100k.tsv", "validate.tsv"),
 }
+
+
+@contextlib.contextmanager
+def annif_project(project_id: str):
+    """An Annif project from ANNIF_PROJECTS/ANNIF_DATADIR, inside an app context;
+    only that project is initialised, so other projects' models cost nothing."""
+    import annif
+    import annif.registry
+
+    os.environ.setdefault("ANNIF_PROJECTS_INIT", f"^{re.escape(project_id)}$")
+    with annif.create_flask_app().app_context():
+        yield annif.registry.get_project(project_id)
 
 
 def timed_run(cmd: list[str], env: dict | None = None, log: Path | None = None) -> dict:

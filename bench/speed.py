@@ -13,18 +13,14 @@ from __future__ import annotations
 import argparse
 import datetime
 import itertools
-import os
-import re
 import statistics
 import sys
 import time
 from pathlib import Path
 
-import annif
-import annif.registry
 from annif.corpus import Document
 
-from common import RESULTS, machine_facts, markdown_table
+from common import RESULTS, annif_project, machine_facts, markdown_table
 
 
 def main() -> None:
@@ -39,10 +35,7 @@ def main() -> None:
         texts = [line.split("\t", 1)[0] for line in itertools.islice(file, args.docs)]
     overrides = {"device": args.device} if args.device else {}
 
-    os.environ.setdefault("ANNIF_PROJECTS_INIT", f"^{re.escape(args.project)}$")
-    app = annif.create_flask_app()
-    with app.app_context():
-        project = annif.registry.get_project(args.project)
+    with annif_project(args.project) as project:
         backend = project.backend
         project.initialize()
         project.suggest([Document(text="warm up")], {"ebm": overrides})
