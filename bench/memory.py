@@ -2,7 +2,10 @@
 as the training corpus grows; writes a table and a plot.
 
   python bench/memory.py [--sizes 10000,30000,100000] [--reference-python PY]
-Uses yso-finna-en (train-100k.tsv, validate.tsv) from ../shared/data.
+                         [--systems ebm,ebm4subjects]
+Uses yso-finna-en (train-100k.tsv, validate.tsv) from ../shared/data. Every
+measurement is also appended to WORKDIR/rows.jsonl; the table shows the latest
+row per system and size from there, so systems can be measured in separate runs.
 """
 
 from __future__ import annotations
@@ -22,39 +25,60 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes", default="10000,30000,100000")
     parser.add_argument("--reference-python")
+    parser.add_argument("--systems", default="ebm,ebm4subjects",
+                        help="ebm4subjects runs only with --reference-python")
     parser.add_argument("--workdir", type=Path, default=BENCH / "work" / "memory")
+    parser.add_argument("--reference-threads", type=int, default=os.cpu_count())
+    parser.add_argument("--ebm-params", default="",
+                        help="extra ebm project lines, e.g. 'max_train_docs=0'")
     args = parser.parse_args()
+    systems = set(args.systems.split(","))
     data = DATA_ROOT / "yso-finna-en"
     workdir = args.workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "projects.cfg").write_text(
-        "[ebm]\nname=ebm\nlanguage=en\nbackend=ebm\nvocab=yso\n", encoding="utf-8")
+        "[ebm]\nname=ebm\nlanguage=en\nbackend=ebm\nvocab=yso\n"
+        + "".join(f"{line}\n" for line in args.ebm_params.split(";") if line), encoding="utf-8")
     env = dict(os.environ, ANNIF_PROJECTS=str(workdir / "projects.cfg"),
                ANNIF_DATADIR=str(workdir / "data"), HF_HUB_OFFLINE="1")
     annif = str(Path(sys.executable).parent / "annif")
-    timed_run([annif, "load-vocab", "--force", "--language", "en", "yso",
-               str(data / "yso-en.tsv")], env)
-    rows = []
+    if "ebm" in systems:
+        timed_run([annif, "load-vocab", "--force", "--language", "en", "yso",
+                   str(data / "yso-en.tsv")], env)
+    measured = workdir / "rows.jsonl"
     for size in (int(s) for s in args.sizes.split(",")):
         train = workdir / f"train-{size}.tsv"
         with open(data / "train-100k.tsv", encoding="utf-8") as src:
             train.write_text("".join(itertools.islice(src, size)), encoding="utf-8")
-        run = timed_run([annif, "train", "ebm", str(train)], env,
-                        log=workdir / f"train-ebm-{size}.log")
-        rows.append({"system": "ebm", "documents": size, "train_s": run["wall_s"],
-                     "peak_rss_mb": run["peak_rss_mb"], "docs_per_s": size / run["wall_s"]})
-        if args.reference_python:
+        new_rows = []
+        if "ebm" in systems:
+            run = timed_run([annif, "train", "ebm", str(train)], env,
+                            log=workdir / f"train-ebm-{size}.log")
+            new_rows.append({"system": "ebm", "params": args.ebm_params, "documents": size,
+                             "train_s": run["wall_s"], "peak_rss_mb": run["peak_rss_mb"],
+                             "docs_per_s": size / run["wall_s"]})
+        if args.reference_python and "ebm4subjects" in systems:
             refdir = workdir / f"ebm4subjects-{size}"
             run = timed_run([args.reference_python, str(BENCH / "reference_ebm4subjects.py"),
                              "--vocab", str(data / "yso-en.tsv"), "--train", str(train),
                              "--test", str(data / "validate.tsv"), "--workdir", str(refdir),
-                             "--threads", str(os.cpu_count()),
+                             "--threads", str(args.reference_threads),
                              "--phase", "train", "--out", str(refdir / "train.json")],
                             dict(os.environ, HF_HUB_OFFLINE="1"))
-            rows.append({"system": "ebm4subjects 0.9.2", "documents": size,
-                         "train_s": run["wall_s"], "peak_rss_mb": run["peak_rss_mb"],
-                         "docs_per_s": size / run["wall_s"]})
-        print(json.dumps(rows[-1]), flush=True)
+            new_rows.append({"system": "ebm4subjects 0.9.2", "documents": size,
+                             "train_s": run["wall_s"], "peak_rss_mb": run["peak_rss_mb"],
+                             "docs_per_s": size / run["wall_s"]})
+        with open(measured, "a", encoding="utf-8") as out:
+            for row in new_rows:
+                out.write(json.dumps(row) + "\n")
+                print(json.dumps(row), flush=True)
+    sizes = {int(s) for s in args.sizes.split(",")}
+    latest = {}
+    for line in measured.read_text(encoding="utf-8").splitlines():
+        row = json.loads(line)
+        if row["documents"] in sizes:
+            latest[row["system"], row["documents"]] = row
+    rows = sorted(latest.values(), key=lambda r: (r["system"], r["documents"]))
 
     growth = []
     for system in sorted({r["system"] for r in rows}):
@@ -68,7 +92,8 @@ def main() -> None:
     text = "\n".join([
         "# Memory scaling: annif train on yso-finna-en", "", *machine_facts(),
         f"- command: `python bench/memory.py {' '.join(sys.argv[1:])}`", "",
-        markdown_table(rows, ["system", "documents", "train_s", "peak_rss_mb", "docs_per_s"]),
+        markdown_table(rows, ["system", "params", "documents", "train_s", "peak_rss_mb",
+                              "docs_per_s"]),
         "", *growth, "", f"![docs/s and peak RSS]({stem}.png)", "",
     ])
     (RESULTS / f"{stem}.md").write_text(text, encoding="utf-8")

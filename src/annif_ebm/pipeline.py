@@ -1,13 +1,17 @@
 """Chunk -> embed -> search -> features, for one batch of texts.
 
 The one place where the stages meet; the backend uses it for training and
-suggesting alike. Time spent per stage is accumulated in ``stage_seconds``.
+suggesting alike. Training embeds through the embedding cache, so it runs the
+stages separately: :meth:`CandidateGenerator.chunk`, then
+:meth:`CandidateGenerator.candidates_from_vectors`. Time spent per stage is
+accumulated in ``stage_seconds``.
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import time
 
 import numpy as np
@@ -20,8 +24,30 @@ from .params import EbmParams
 from .store import LabelStore
 
 
+@dataclasses.dataclass(frozen=True)
+class ChunkedTexts:
+    """The chunks of a batch of texts, flat: chunk ``i`` is chunk number
+    ``position[i]`` of text ``doc[i]``; ``n_chunks[d]`` counts text ``d``'s."""
+
+    chunks: list[str]
+    doc: np.ndarray
+    position: np.ndarray
+    n_chunks: np.ndarray
+
+    @classmethod
+    def from_lists(cls, chunk_lists: list[list[str]]) -> ChunkedTexts:
+        n_chunks = np.array([len(chunks) for chunks in chunk_lists], dtype=np.int64)
+        starts = np.cumsum(n_chunks) - n_chunks
+        return cls(
+            chunks=[chunk for chunk_list in chunk_lists for chunk in chunk_list],
+            doc=np.repeat(np.arange(len(chunk_lists), dtype=np.uint32), n_chunks),
+            position=(np.arange(n_chunks.sum()) - np.repeat(starts, n_chunks)).astype(np.uint32),
+            n_chunks=n_chunks,
+        )
+
+
 class CandidateGenerator:
-    def __init__(self, language: str, embedder: Embedder, store: LabelStore,
+    def __init__(self, language: str, embedder: Embedder | None, store: LabelStore,
                  params: EbmParams) -> None:
         self.chunker = Chunker(language, params.max_chunk_length, params.max_chunks)
         self.embedder = embedder
@@ -36,27 +62,32 @@ class CandidateGenerator:
         yield
         self.stage_seconds[name] += time.perf_counter() - start
 
+    def chunk(self, texts: list[str]) -> ChunkedTexts:
+        with self.stage("chunk"):
+            return ChunkedTexts.from_lists([self.chunker.chunk(text) for text in texts])
+
     def candidates(self, texts: list[str]) -> pl.DataFrame:
         """Candidate concepts with features; ``doc`` is the index into ``texts``."""
-        p = self.params
-        with self.stage("chunk"):
-            chunk_lists = [self.chunker.chunk(text) for text in texts]
-            n_chunks = np.array([len(chunks) for chunks in chunk_lists], dtype=np.int64)
-            chunks = [chunk for chunk_list in chunk_lists for chunk in chunk_list]
-            doc_of_chunk = np.repeat(np.arange(len(texts), dtype=np.uint32), n_chunks)
-            starts = np.cumsum(n_chunks) - n_chunks
-            position = np.arange(len(chunks)) - np.repeat(starts, n_chunks)
+        chunked = self.chunk(texts)
         with self.stage("embed"):
-            vectors = self.embedder.encode_queries(chunks)
+            vectors = self.embedder.encode_queries(chunked.chunks)
+        return self.candidates_from_vectors(chunked.doc, chunked.position,
+                                            chunked.n_chunks, vectors)
+
+    def candidates_from_vectors(self, doc: np.ndarray, position: np.ndarray,
+                                n_chunks: np.ndarray, vectors: np.ndarray) -> pl.DataFrame:
+        """Search and features for embedded chunks (see :class:`ChunkedTexts`)."""
+        p = self.params
+        device = self.embedder.devices[0] if self.embedder is not None else "cpu"
         with self.stage("search"):
             query, label, score = self.store.search(
                 vectors, p.candidates_per_chunk, p.search,
-                device=self.embedder.devices[0], ef_search=p.ef_search,
+                device=device, ef_search=p.ef_search,
             )
             rank = np.arange(len(query)) - np.searchsorted(query, query)
         with self.stage("features"):
             hits = hits_frame(
-                doc=doc_of_chunk[query],
+                doc=doc[query],
                 chunk=position[query].astype(np.uint32),
                 label_id=label,
                 concept_id=self.store.concept_ids[label],

@@ -2,11 +2,17 @@
 
 Saved in XGBoost's own UBJSON format (never pickle), with the feature names
 inside, so a model from another feature set is refused rather than misread.
+Training reads the candidates batch by batch through XGBoost's external-memory
+data (pages cached on disk), so it never holds all training rows at once.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 import threading
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import xgboost as xgb
@@ -24,15 +30,38 @@ class Ranker:
         self._threads = None
 
     @classmethod
-    def train(cls, features: np.ndarray, labels: np.ndarray, params: EbmParams) -> Ranker:
-        if len(labels) == 0 or not labels.any():
+    def train(cls, batches: Callable[[], Iterator[tuple[np.ndarray, np.ndarray]]],
+              params: EbmParams, workdir: str) -> Ranker:
+        """Train on ``batches()``: a fresh iterator of (features, gold flags)
+        per call. XGBoost's page cache lives in a temporary folder in ``workdir``."""
+        n_rows = n_gold = 0
+        for _, labels in batches():
+            n_rows += len(labels)
+            n_gold += int(labels.sum())
+        if n_gold == 0:
             raise OperationFailedException(
-                "no candidate matches any gold subject of the training documents, so "
-                "the ranker has nothing to learn from; check that the training corpus "
-                "uses this vocabulary and language"
+                f"no candidate (of {n_rows}) matches any gold subject of the training "
+                "documents, so the ranker has nothing to learn from; check that the "
+                "training corpus uses this vocabulary and language"
             )
-        data = xgb.DMatrix(features, label=labels, feature_names=list(FEATURE_NAMES))
-        booster = xgb.train(
+        cache_dir = tempfile.mkdtemp(prefix="tmp-xgb-", dir=workdir)
+        try:
+            data = xgb.ExtMemQuantileDMatrix(
+                _BatchIter(batches, os.path.join(cache_dir, "pages")),
+                nthread=params.xgb_jobs or None,
+            )
+            trained = cls._fit(data, params)
+            # a copy that holds no reference to the data, so XGBoost releases
+            # (and deletes) its page files before the folder goes
+            booster = xgb.Booster(model_file=trained.save_raw())
+            del trained, data
+        finally:
+            shutil.rmtree(cache_dir, ignore_errors=True)
+        return cls(booster)
+
+    @staticmethod
+    def _fit(data: xgb.DMatrix, params: EbmParams) -> xgb.Booster:
+        return xgb.train(
             {
                 "objective": "binary:logistic",
                 "eval_metric": "logloss",
@@ -46,7 +75,6 @@ class Ranker:
             data,
             num_boost_round=params.xgb_rounds,
         )
-        return cls(booster)
 
     def save(self, path: str) -> None:
         self.booster.save_model(path)
@@ -76,3 +104,27 @@ class Ranker:
                 self.booster.set_param({"nthread": threads})
                 self._threads = threads
             return self.booster.inplace_predict(features).astype(np.float32)
+
+
+class _BatchIter(xgb.DataIter):
+    """Feeds XGBoost one batch of training rows at a time."""
+
+    def __init__(self, batches: Callable[[], Iterator[tuple[np.ndarray, np.ndarray]]],
+                 cache_prefix: str) -> None:
+        self._batches = batches
+        self._iterator = None
+        super().__init__(cache_prefix=cache_prefix)
+
+    def next(self, input_data: Callable) -> bool:
+        if self._iterator is None:
+            self._iterator = self._batches()
+        batch = next(self._iterator, None)
+        if batch is None:
+            return False
+        features, labels = batch
+        input_data(data=features, label=labels.astype(np.float32),
+                   feature_names=list(FEATURE_NAMES))
+        return True
+
+    def reset(self) -> None:
+        self._iterator = None

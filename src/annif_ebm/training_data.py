@@ -1,14 +1,18 @@
-"""Candidate features of the training documents, kept on disk.
+"""Training data on disk: documents' chunks, gold subjects, candidate features.
 
-Written batch by batch into ``ebm-train.duckdb`` in the project's datadir
-(Annif ignores ``*-train*`` files when deciding whether a project is
-trained), so memory stays bounded however large the corpus, and
-``annif train --cached`` retrains the ranker without embedding anything.
+A training run writes ``tmp-ebm-train.duckdb`` in the project's datadir and,
+when it completes, renames it to ``ebm-train.duckdb`` (Annif ignores
+``*-train*`` files when deciding whether a project is trained). Every table
+grows batch by batch and is read back by document ranges in insertion order
+(DuckDB's zone maps skip the rest), so memory stays bounded however large the
+corpus, and ``annif train --cached`` retrains the ranker without embedding
+anything. Vectors come from the embedding cache (:mod:`annif_ebm.cache`).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator
 
 import duckdb
 import numpy as np
@@ -16,67 +20,149 @@ import polars as pl
 
 from annif.exception import NotInitializedException, OperationFailedException
 
+from . import cache
 from .features import FEATURE_NAMES
 from .model_files import tmp_name
 
 TRAIN_FILE = "ebm-train.duckdb"
+DUCKDB_MEMORY_LIMIT = "1GB"  # DuckDB spills joins and sorts to disk beyond this
+RANKER_BATCH_DOCS = 5000  # documents per batch when the ranker reads candidates
+
+_CANDIDATE_COLUMNS = ", ".join(f"{name} FLOAT" for name in FEATURE_NAMES)
 
 
-class TrainingDataWriter:
-    """Appends labelled candidate rows; :meth:`finish` publishes the file."""
+def _remove(*paths: str) -> None:
+    for path in paths:
+        if os.path.exists(path):
+            os.remove(path)
 
-    def __init__(self, datadir: str) -> None:
+
+class TrainingRun:
+    """The on-disk state of one training run."""
+
+    def __init__(self, datadir: str, threads: int = 0) -> None:
         self.datadir = datadir
-        self._tmp_path = os.path.join(datadir, tmp_name(TRAIN_FILE))
-        for path in (self._tmp_path, self._tmp_path + ".wal"):
-            if os.path.exists(path):
-                os.remove(path)
-        self._con = duckdb.connect(self._tmp_path)
-        columns = ", ".join(f"{name} FLOAT" for name in FEATURE_NAMES)
+        self._path = os.path.join(datadir, tmp_name(TRAIN_FILE))
+        _remove(self._path, self._path + ".wal")
+        self._con = duckdb.connect(self._path, config={
+            "memory_limit": DUCKDB_MEMORY_LIMIT,
+            **({"threads": threads} if threads else {}),
+        })
+        cache.attach(self._con, datadir)
+        self._con.execute("CREATE TABLE chunks (doc BIGINT, pos INTEGER, text VARCHAR)")
+        self._con.execute("CREATE TABLE gold (doc BIGINT, concept_id INTEGER)")
         self._con.execute(
-            f"CREATE TABLE candidates (doc BIGINT, concept_id INTEGER, {columns}, "
-            "gold BOOLEAN)"
+            f"CREATE TABLE candidates (doc BIGINT, concept_id INTEGER, "
+            f"{_CANDIDATE_COLUMNS}, gold BOOLEAN)"
         )
         self.n_docs = 0
         self.n_rows = 0
 
-    def append(self, candidates: pl.DataFrame, gold: list) -> None:
-        """Add one batch: ``gold[d]`` is the gold subject ids of batch doc ``d``."""
-        gold_pairs = pl.DataFrame(
-            {
-                "doc": pl.Series([d for d, ids in enumerate(gold) for _ in ids], dtype=pl.UInt32),
-                "concept_id": pl.Series([i for ids in gold for i in ids], dtype=pl.Int32),
-                "gold": pl.Series([True] * sum(len(ids) for ids in gold), dtype=pl.Boolean),
-            }
-        )
-        rows = (
-            candidates.join(gold_pairs, on=["doc", "concept_id"], how="left")
-            .with_columns(
-                doc=pl.col("doc").cast(pl.Int64) + self.n_docs,
-                gold=pl.col("gold").fill_null(False),
-            )
-            .select("doc", "concept_id", *FEATURE_NAMES, "gold")
-        )
-        self._con.register("batch_rows", rows)
-        self._con.execute("INSERT INTO candidates SELECT * FROM batch_rows")
-        self._con.unregister("batch_rows")
+    # ---- documents ----
+
+    def add_documents(self, doc: np.ndarray, position: np.ndarray, chunks: list[str],
+                      gold: list[list[int]]) -> None:
+        """Add a batch of documents: chunk ``i`` is chunk ``position[i]`` of
+        batch document ``doc[i]``; ``gold[d]`` are document ``d``'s subject ids."""
+        frame = pl.DataFrame({
+            "doc": pl.Series(doc, dtype=pl.Int64) + self.n_docs,
+            "pos": pl.Series(position, dtype=pl.Int32),
+            "text": pl.Series(chunks, dtype=pl.String),
+        })
+        gold_frame = pl.DataFrame({
+            "doc": pl.Series([d + self.n_docs for d, ids in enumerate(gold) for _ in ids],
+                             dtype=pl.Int64),
+            "concept_id": pl.Series([i for ids in gold for i in ids], dtype=pl.Int32),
+        })
+        self._insert("chunks", frame)
+        self._insert("gold", gold_frame)
         self.n_docs += len(gold)
+
+    def _insert(self, table: str, frame: pl.DataFrame) -> None:
+        self._con.register("batch_rows", frame.to_arrow())
+        self._con.execute(f"INSERT INTO {table} SELECT * FROM batch_rows")
+        self._con.unregister("batch_rows")
+
+    # ---- embedding through the cache ----
+
+    def embed_labels(self, texts: list[str], table: str, dimension: int,
+                     encode: Callable[[list[str]], np.ndarray], progress: bool) -> tuple[np.ndarray, int]:
+        """Vectors of ``texts`` in order, and how many had to be embedded."""
+        frame = pl.DataFrame({"i": pl.Series(np.arange(len(texts)), dtype=pl.Int64),
+                              "text": pl.Series(texts, dtype=pl.String)})
+        self._con.execute("CREATE OR REPLACE TEMP TABLE label_texts (i BIGINT, text VARCHAR)")
+        self._insert("label_texts", frame)
+        embedded = cache.fill(self._con, "SELECT text FROM label_texts", table, dimension,
+                              encode, "labels", progress)
+        arrow = self._con.execute(
+            f"SELECT any_value(c.vec) AS vec FROM label_texts l JOIN {table} c "
+            "ON md5_number(l.text) = c.key GROUP BY l.i ORDER BY l.i"
+        ).to_arrow_table()
+        self._con.execute("DROP TABLE label_texts")
+        vectors = arrow.column("vec").combine_chunks().values.to_numpy()
+        return vectors.reshape(len(texts), dimension).astype(np.float32, copy=False), embedded
+
+    def embed_chunks(self, table: str, dimension: int,
+                     encode: Callable[[list[str]], np.ndarray], progress: bool) -> int:
+        """Embed the chunks not in the cache yet; return how many."""
+        embedded = cache.fill(self._con, "SELECT text FROM chunks", table, dimension,
+                              encode, "train chunks", progress)
+        self._con.execute(
+            "CREATE TABLE chunk_vectors AS SELECT ch.doc, ch.pos, any_value(c.vec) AS vec "
+            f"FROM chunks ch JOIN {table} c ON md5_number(ch.text) = c.key "
+            "GROUP BY ch.doc, ch.pos ORDER BY ch.doc, ch.pos"
+        )
+        return embedded
+
+    def chunk_batches(self, docs_per_batch: int) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+        """(first document, doc offsets, positions, n_chunks, vectors) per
+        range of ``docs_per_batch`` documents; docs are relative to the first."""
+        for first in range(0, self.n_docs, docs_per_batch):
+            last = min(first + docs_per_batch, self.n_docs)
+            arrow = self._con.execute(
+                "SELECT doc, pos, vec FROM chunk_vectors WHERE doc >= ? AND doc < ? "
+                "ORDER BY doc, pos", [first, last]
+            ).to_arrow_table()
+            doc = (arrow.column("doc").to_numpy() - first).astype(np.uint32)
+            position = arrow.column("pos").to_numpy().astype(np.uint32)
+            flat = arrow.column("vec").combine_chunks().values.to_numpy()
+            vectors = flat.reshape(len(doc), -1).astype(np.float32, copy=False)
+            n_chunks = np.bincount(doc, minlength=last - first)
+            yield first, doc, position, n_chunks, vectors
+
+    # ---- candidates ----
+
+    def add_candidates(self, first_doc: int, last_doc: int, candidates: pl.DataFrame) -> None:
+        """Store one range's candidates (``doc`` relative to ``first_doc``),
+        labelled with the gold subjects."""
+        rows = candidates.with_columns(doc=pl.col("doc").cast(pl.Int64) + first_doc).select(
+            "doc", "concept_id", *FEATURE_NAMES)
+        self._con.register("batch_rows", rows.to_arrow())
+        self._con.execute(
+            "INSERT INTO candidates SELECT b.*, g.doc IS NOT NULL FROM batch_rows b "
+            "LEFT JOIN (SELECT DISTINCT doc, concept_id FROM gold WHERE doc >= ? AND doc < ?) g "
+            "ON g.doc = b.doc AND g.concept_id = b.concept_id", [first_doc, last_doc]
+        )
+        self._con.unregister("batch_rows")
         self.n_rows += len(rows)
 
     def finish(self) -> None:
+        """Keep only the candidates and publish the file as ``ebm-train.duckdb``."""
+        for table in ("chunks", "chunk_vectors", "gold"):
+            self._con.execute(f"DROP TABLE IF EXISTS {table}")
         self._con.execute("CHECKPOINT")
+        self._con.execute(f"DETACH {cache.ALIAS}")
         self._con.close()
-        os.replace(self._tmp_path, os.path.join(self.datadir, TRAIN_FILE))
+        os.replace(self._path, os.path.join(self.datadir, TRAIN_FILE))
 
     def abort(self) -> None:
         self._con.close()
-        for path in (self._tmp_path, self._tmp_path + ".wal"):
-            if os.path.exists(path):
-                os.remove(path)
+        _remove(self._path, self._path + ".wal")
 
 
-def read_training_data(datadir: str, backend_id: str) -> tuple[np.ndarray, np.ndarray]:
-    """Features and gold flags of all stored training candidates."""
+def candidate_batches(datadir: str, backend_id: str) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(features, gold flags) of the stored training candidates, in batches of
+    :data:`RANKER_BATCH_DOCS` documents; a fresh iterator each call."""
     path = os.path.join(datadir, TRAIN_FILE)
     if not os.path.exists(path):
         raise NotInitializedException(
@@ -85,12 +171,20 @@ def read_training_data(datadir: str, backend_id: str) -> tuple[np.ndarray, np.nd
         )
     try:
         with duckdb.connect(path, read_only=True) as con:
-            frame = con.execute(
-                f"SELECT {', '.join(FEATURE_NAMES)}, gold FROM candidates ORDER BY doc, concept_id"
-            ).pl()
+            (n_docs,) = con.execute("SELECT coalesce(max(doc) + 1, 0) FROM candidates").fetchone()
+            for first in range(0, n_docs, RANKER_BATCH_DOCS):
+                arrow = con.execute(
+                    f"SELECT {', '.join(FEATURE_NAMES)}, gold FROM candidates "
+                    "WHERE doc >= ? AND doc < ? ORDER BY doc, concept_id",
+                    [first, first + RANKER_BATCH_DOCS],
+                ).to_arrow_table()
+                if arrow.num_rows == 0:
+                    continue
+                features = np.column_stack(
+                    [arrow.column(name).to_numpy() for name in FEATURE_NAMES]
+                ).astype(np.float32, copy=False)
+                yield features, arrow.column("gold").to_numpy()
     except duckdb.Error as err:
         raise OperationFailedException(
             f"cannot read cached training data {path}: {err}; train without --cached"
         ) from err
-    features = frame.select(FEATURE_NAMES).to_numpy().astype(np.float32)
-    return features, frame["gold"].to_numpy()

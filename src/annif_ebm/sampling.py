@@ -1,0 +1,89 @@
+"""Which training documents the ranker learns from (``max_train_docs``).
+
+The ranker saturates after a few thousand documents, so training embeds only a
+sample. A first pass over the corpus reads just the subject sets (a few
+integers per document); the sample covers as many distinct gold subjects as
+possible: rarest subjects first, each uncovered one brings in a document that
+has it, and any slots left are filled at random (seeded, so reproducible).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+
+import numpy as np
+
+SEED = 42
+
+
+@dataclasses.dataclass(frozen=True)
+class Sample:
+    selected: np.ndarray  # bool per corpus document, in corpus order
+    n_documents: int  # documents in the corpus
+    n_with_subjects: int
+    n_subjects: int  # distinct gold subjects in the corpus
+    n_covered: int  # of these, in the sample
+
+    @property
+    def n_selected(self) -> int:
+        return int(self.selected.sum())
+
+    def describe(self) -> str:
+        return (
+            f"training on {self.n_selected} of {self.n_documents} documents "
+            f"({self.n_documents - self.n_with_subjects} have no subjects), covering "
+            f"{self.n_covered} of {self.n_subjects} distinct gold subjects"
+        )
+
+
+def choose_documents(subject_sets: Iterable[Iterable[int]], max_docs: int) -> Sample:
+    """Choose at most ``max_docs`` documents with subjects (0 = all of them)."""
+    lengths, flat = [], []
+    for subjects in subject_sets:
+        ids = list(subjects)
+        lengths.append(len(ids))
+        flat.extend(ids)
+    lengths = np.array(lengths, dtype=np.int64)
+    subject_of = np.array(flat, dtype=np.int64)
+    doc_of = np.repeat(np.arange(len(lengths)), lengths)
+    has_subjects = lengths > 0
+    n_with = int(has_subjects.sum())
+    distinct = np.unique(subject_of)
+    if max_docs == 0 or max_docs >= n_with:
+        selected = has_subjects
+    else:
+        selected = _cover(subject_of, doc_of, len(lengths), max_docs)
+        spare = np.flatnonzero(has_subjects & ~selected)
+        room = max_docs - int(selected.sum())
+        if room > 0:
+            rng = np.random.default_rng(SEED)
+            selected[rng.choice(spare, size=room, replace=False)] = True
+    covered = np.unique(subject_of[selected[doc_of]])
+    return Sample(selected, len(lengths), n_with, len(distinct), len(covered))
+
+
+def _cover(subject_of: np.ndarray, doc_of: np.ndarray, n_docs: int, max_docs: int) -> np.ndarray:
+    """Greedy coverage, rarest subject first: linear in the corpus size."""
+    selected = np.zeros(n_docs, dtype=bool)
+    if len(subject_of) == 0:
+        return selected
+    subjects, inverse, counts = np.unique(subject_of, return_inverse=True, return_counts=True)
+    covered = np.zeros(len(subjects), dtype=bool)
+    # one document per subject: the first (in corpus order) that has it
+    order = np.lexsort((doc_of, inverse))
+    first_doc = doc_of[order][np.r_[0, np.flatnonzero(np.diff(inverse[order])) + 1]]
+    # subjects of each document, for marking them covered
+    by_doc = np.argsort(doc_of, kind="stable")
+    starts = np.searchsorted(doc_of[by_doc], np.arange(n_docs + 1))
+    taken = 0
+    for subject in np.argsort(counts, kind="stable"):
+        if covered[subject]:
+            continue
+        doc = first_doc[subject]
+        selected[doc] = True
+        covered[inverse[by_doc[starts[doc]:starts[doc + 1]]]] = True
+        taken += 1
+        if taken == max_docs:
+            break
+    return selected

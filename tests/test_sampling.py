@@ -1,0 +1,45 @@
+import numpy as np
+
+from annif_ebm.sampling import choose_documents
+
+
+def test_zero_means_every_document_with_subjects():
+    sample = choose_documents([[1], [], [2, 3], [1]], 0)
+    assert sample.selected.tolist() == [True, False, True, True]
+    assert (sample.n_documents, sample.n_with_subjects, sample.n_subjects) == (4, 3, 3)
+    assert sample.n_covered == 3
+
+
+def test_sample_covers_rare_subjects_first():
+    # subject 1 is in every document; 2..6 each appear once, late in the corpus
+    subjects = [[1]] * 50 + [[1, s] for s in range(2, 7)]
+    sample = choose_documents(subjects, 5)
+    assert sample.n_selected == 5
+    assert sample.selected[50:].all()  # the five documents with rare subjects
+    assert sample.n_covered == 6
+    assert "5 of 55 documents" in sample.describe()
+    assert "covering 6 of 6 distinct gold subjects" in sample.describe()
+
+
+def test_spare_slots_are_filled_reproducibly_and_never_with_unlabelled_docs():
+    subjects = [[1]] * 30 + [[]] * 30
+    first = choose_documents(subjects, 10)
+    assert first.n_selected == 10
+    assert not first.selected[30:].any()
+    np.testing.assert_array_equal(first.selected, choose_documents(subjects, 10).selected)
+
+
+def test_more_slots_than_documents_takes_all():
+    sample = choose_documents([[1], [2], []], 10)
+    assert sample.selected.tolist() == [True, True, False]
+
+
+def test_coverage_beats_random_sampling_on_a_long_tail():
+    rng = np.random.default_rng(0)
+    # Zipf-like gold: a few frequent subjects, many rare ones
+    subjects = [list({int(s) for s in rng.zipf(1.6, 2) if s < 5000}) for _ in range(20000)]
+    sample = choose_documents(subjects, 1000)
+    random_pick = rng.choice(len(subjects), 1000, replace=False)
+    random_covered = len({s for i in random_pick for s in subjects[i]})
+    assert sample.n_selected == 1000
+    assert sample.n_covered > 1.3 * random_covered

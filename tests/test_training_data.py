@@ -1,0 +1,101 @@
+"""The on-disk training run and the embedding cache, with the real model."""
+
+import os
+
+import numpy as np
+import polars as pl
+import pytest
+from annif.exception import NotInitializedException
+
+from annif_ebm import cache
+from annif_ebm.features import FEATURE_NAMES
+from annif_ebm.training_data import TRAIN_FILE, TrainingRun, candidate_batches
+
+LABELS = ["Economics", "Labour market", "Neural networks", "Economics"]
+SPACE_A = cache.space_table({"model": "m", "role": "document"})
+SPACE_B = cache.space_table({"model": "m", "role": "query"})
+
+
+class Counting:
+    """Counts the texts handed to the real embedder."""
+
+    def __init__(self, encode):
+        self.encode, self.texts = encode, []
+
+    def __call__(self, texts):
+        self.texts += texts
+        return self.encode(texts)
+
+
+def test_labels_are_embedded_once_and_reused(tmp_path, embedder):
+    encode = Counting(embedder.encode_documents)
+    run = TrainingRun(str(tmp_path))
+    vectors, embedded = run.embed_labels(LABELS, SPACE_A, embedder.dimension, encode, False)
+    assert embedded == 3 and sorted(encode.texts) == sorted(set(LABELS))
+    np.testing.assert_allclose(vectors, embedder.encode_documents(LABELS), atol=1e-6)
+    run.abort()
+
+    again = Counting(embedder.encode_documents)
+    run = TrainingRun(str(tmp_path))
+    cached, embedded = run.embed_labels(LABELS[::-1], SPACE_A, embedder.dimension, again, False)
+    assert embedded == 0 and again.texts == []
+    np.testing.assert_array_equal(cached, vectors[::-1])
+    # another embedding space (e.g. prompt or model) never reuses these vectors
+    _, embedded = run.embed_labels(LABELS, SPACE_B, embedder.dimension, again, False)
+    assert embedded == 3
+    run.abort()
+    assert not os.path.exists(tmp_path / f"tmp-{TRAIN_FILE}")
+
+
+def add_two_batches(run):
+    # batch 1: doc 0 has two chunks, doc 1 none; batch 2: one doc repeating a chunk
+    run.add_documents(np.array([0, 0], np.uint32), np.array([0, 1], np.uint32),
+                      ["Wages and jobs.", "Neural networks learn."], [[7], [8, 9]])
+    run.add_documents(np.array([0], np.uint32), np.array([0], np.uint32),
+                      ["Wages and jobs."], [[7]])
+
+
+def test_chunks_embedded_once_and_read_back_by_document(tmp_path, embedder):
+    encode = Counting(embedder.encode_queries)
+    run = TrainingRun(str(tmp_path))
+    add_two_batches(run)
+    assert run.n_docs == 3
+    assert run.embed_chunks(SPACE_B, embedder.dimension, encode, False) == 2
+    assert sorted(encode.texts) == ["Neural networks learn.", "Wages and jobs."]
+    batches = list(run.chunk_batches(2))
+    assert [b[0] for b in batches] == [0, 2]
+    first, doc, position, n_chunks, vectors = batches[0]
+    assert doc.tolist() == [0, 0] and position.tolist() == [0, 1] and n_chunks.tolist() == [2, 0]
+    expected = embedder.encode_queries(["Wages and jobs.", "Neural networks learn."])
+    np.testing.assert_allclose(vectors, expected, atol=1e-6)
+    np.testing.assert_allclose(batches[1][4], expected[:1], atol=1e-6)
+    run.abort()
+
+
+def candidates(doc, concept):
+    frame = {"doc": pl.Series(doc, dtype=pl.UInt32), "concept_id": pl.Series(concept, dtype=pl.Int32)}
+    for i, name in enumerate(FEATURE_NAMES):
+        frame[name] = pl.Series([float(i)] * len(doc), dtype=pl.Float32)
+    return pl.DataFrame(frame)
+
+
+def test_candidates_are_labelled_with_gold_and_published(tmp_path, embedder):
+    run = TrainingRun(str(tmp_path))
+    add_two_batches(run)
+    run.add_candidates(0, 2, candidates([0, 0, 1], [7, 8, 8]))  # doc 0 gold 7, doc 1 gold 8, 9
+    run.add_candidates(2, 3, candidates([0, 0], [7, 9]))  # doc 2 gold 7
+    assert run.n_rows == 5
+    run.finish()
+    assert os.path.exists(tmp_path / TRAIN_FILE)
+    assert not os.path.exists(tmp_path / f"tmp-{TRAIN_FILE}")
+    batches = list(candidate_batches(str(tmp_path), "p"))
+    features = np.concatenate([f for f, _ in batches])
+    gold = np.concatenate([g for _, g in batches])
+    assert gold.tolist() == [True, False, True, True, False]
+    assert features.shape == (5, len(FEATURE_NAMES))
+    assert features[0].tolist() == [float(i) for i in range(len(FEATURE_NAMES))]
+
+
+def test_missing_cached_training_data_is_a_clear_error(tmp_path):
+    with pytest.raises(NotInitializedException, match="train without --cached"):
+        next(candidate_batches(str(tmp_path), "p"))
