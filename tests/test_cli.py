@@ -181,3 +181,19 @@ def test_training_with_no_documents_is_a_clear_error(tmp_path, sample_corpus):
     assert not env.project_dir("ebm-en").exists() or not any(
         p.name.startswith("ebm-") for p in env.project_dir("ebm-en").iterdir()
     )
+
+
+def test_retraining_with_the_same_model_embeds_nothing_again(trained_env, sample_corpus, tmp_path):
+    env = trained_env.copy_to(tmp_path / "env")
+    result = env.run("train", "ebm-en", str(sample_corpus["train"]),
+                     "-b", "ebm.max_train_docs=100")
+    assert "labels: embedded 0 with" in result.stderr
+    assert "embedded 0 new chunks" in result.stderr
+    assert "training on 100 of 250 documents" in result.stderr
+    metadata = json.loads((env.project_dir("ebm-en") / "ebm-model.json").read_text())
+    assert metadata["n_train_docs"] == 100 and metadata["train_params"]["max_train_docs"] == 100
+    # a model-defining change (here the prompt) embeds everything anew
+    result = env.run("train", "ebm-en", str(sample_corpus["train"]),
+                     "-b", "ebm.max_train_docs=20", "-b", "ebm.query_prompt=query: ")
+    assert "embedded 0 new chunks" not in result.stderr
+    assert "labels: embedded 0 with" in result.stderr  # the label prompt is unchanged

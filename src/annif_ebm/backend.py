@@ -52,9 +52,15 @@ def _embedder_key(params: EbmParams) -> str:
 
 
 def _embedding_space(params: EbmParams, role: str) -> dict:
-    """What makes two vectors of one text comparable: the model-defining
-    settings and whether the text is a query (chunk) or a document (label)."""
-    return {"role": role, **params.model_settings()}
+    """What a text's vector depends on: the model, its dimensions and the
+    prompt of the role, ``query`` (chunks) or ``document`` (labels)."""
+    return {
+        "role": role,
+        "model": params.model,
+        "truncate_dim": params.truncate_dim,
+        "prompt": getattr(params, f"{role}_prompt"),
+        "prompt_name": getattr(params, f"{role}_prompt_name"),
+    }
 
 
 @dataclasses.dataclass
