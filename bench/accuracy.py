@@ -6,6 +6,7 @@
   python bench/accuracy.py custom --vocab V.tsv --train T.tsv --validate D.tsv
   ... --reference-python /tmp/ref-venv/bin/python     # add ebm4subjects 0.9.2
   ... --ensemble-weights omikuji:0.4,mllm:0.3,ebm:0.3  # from annif hyperopt
+  ... --reference-trained bench/work/memory/ebm4subjects-100000  # reuse its training
 
 Writes bench/results/accuracy-<dataset>-<date>.md and prints it.
 """
@@ -65,6 +66,9 @@ def main() -> None:
     parser.add_argument("--backends", default="ebm,tfidf,mllm,omikuji")
     parser.add_argument("--ensemble-weights", default="")
     parser.add_argument("--reference-python", help="python of a venv with ebm4subjects")
+    parser.add_argument("--reference-trained", type=Path,
+                        help="reuse the ebm4subjects model trained in this folder "
+                             "(e.g. by memory.py on the same training corpus)")
     parser.add_argument("--workdir", type=Path)
     parser.add_argument("--suggest-only", action="store_true",
                         help="reuse the projects trained by an earlier run in the workdir")
@@ -115,7 +119,9 @@ def main() -> None:
         print(json.dumps(row), flush=True)
 
     if args.reference_python:
-        rows.append(reference_row(args.reference_python, vocab, train, validate, workdir, gold))
+        rows.append(reference_row(args.reference_python, vocab, train, validate,
+                                  args.reference_trained or workdir / "ebm4subjects", gold,
+                                  trained=args.reference_trained is not None))
 
     columns = ["system", "F1@5", "NDCG", "Precision@1", "Recall@5", "train_s",
                "train_rss_mb", "suggest_docs_s", "suggest_rss_mb"]
@@ -135,18 +141,24 @@ def main() -> None:
     print(text)
 
 
-def reference_row(python, vocab, train, validate, workdir, gold) -> dict:
-    """DNB's ebm4subjects with DNB's Annif backend defaults, same model."""
-    refdir = workdir / "ebm4subjects"
+def reference_row(python, vocab, train, validate, refdir, gold, trained=False) -> dict:
+    """DNB's ebm4subjects with DNB's Annif backend defaults, same model;
+    ``trained``: reuse the model in ``refdir`` and its recorded train cost."""
     common = [python, str(BENCH / "reference_ebm4subjects.py"), "--vocab", str(vocab),
               "--train", str(train), "--test", str(validate), "--workdir", str(refdir),
               "--threads", str(os.cpu_count())]  # all cores, as ours uses
     env = dict(os.environ, HF_HUB_OFFLINE="1")
-    trained = timed_run([*common, "--phase", "train", "--out", str(refdir / "train.json")], env)
+    if trained:
+        recorded = json.loads((refdir / "train.json").read_text())
+        train_cost = {"wall_s": recorded["train_wall_seconds"],
+                      "peak_rss_mb": recorded["train_peak_rss_mib"]["self"]}
+    else:
+        train_cost = timed_run([*common, "--phase", "train", "--out",
+                                str(refdir / "train.json")], env)
     suggested = timed_run([*common, "--phase", "suggest", "--out", str(refdir / "suggest.json")], env)
     report = json.loads((refdir / "suggest.json").read_text())
-    row = {"system": "ebm4subjects 0.9.2", "train_s": trained["wall_s"],
-           "train_rss_mb": trained["peak_rss_mb"], "suggest_docs_s": report.get("docs_per_s"),
+    row = {"system": "ebm4subjects 0.9.2", "train_s": train_cost["wall_s"],
+           "train_rss_mb": train_cost["peak_rss_mb"], "suggest_docs_s": report.get("docs_per_s"),
            "suggest_rss_mb": suggested["peak_rss_mb"]}
     predictions = refdir / "predictions.tsv"
     row.update(metrics.evaluate(metrics.read_predictions(str(predictions), len(gold)), gold))

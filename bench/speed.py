@@ -61,7 +61,7 @@ def main() -> None:
         for _ in range(args.repeats):
             start = time.perf_counter()
             for chunks in chunk_batches:
-                embedder.model.encode(chunks, batch_size=params.batch_size,
+                embedder.model.encode(chunks, batch_size=embedder.batch_size,
                                       normalize_embeddings=True, convert_to_numpy=True)
             encode.append(time.perf_counter() - start)
 

@@ -197,3 +197,23 @@ def test_retraining_with_the_same_model_embeds_nothing_again(trained_env, sample
                      "-b", "ebm.max_train_docs=20", "-b", "ebm.query_prompt=query: ")
     assert "embedded 0 new chunks" not in result.stderr
     assert "labels: embedded 0 with" in result.stderr  # the label prompt is unchanged
+
+
+def test_static_embedding_model_is_distilled_stored_and_used(trained_env, sample_corpus, tmp_path):
+    env = trained_env.copy_to(tmp_path / "env")
+    project = env.project_dir("ebm-en")
+    env.run("train", "ebm-en", str(sample_corpus["train"]),
+            "-b", "ebm.static_embedding=true", "-b", "ebm.static_dims=128")
+    metadata = json.loads((project / "ebm-model.json").read_text())
+    static_dir = project / metadata["static_model_dir"]
+    assert metadata["model"]["static_embedding"] is True and metadata["dimension"] == 128
+    assert (static_dir / "model.safetensors").exists()
+    # suggest loads the distilled model from the project, not the base model
+    result = env.run("suggest", "ebm-en", "--limit", "5", stdin=TEXT)
+    assert len(result.stdout.strip().splitlines()) == 5
+    metrics = parse_metrics(env.run("eval", "ebm-en", str(sample_corpus["test"])).stdout)
+    assert metrics["F1@5"] > 0.1
+    # a normal retrain replaces it and removes the static model's folder
+    env.run("train", "ebm-en", str(sample_corpus["train"]), "-b", "ebm.max_train_docs=50")
+    assert not static_dir.exists()
+    assert json.loads((project / "ebm-model.json").read_text())["static_model_dir"] == ""

@@ -20,7 +20,7 @@ from annif.exception import NotSupportedException, OperationFailedException
 from annif.suggestion import SuggestionBatch
 
 from . import cache, model_files
-from .embedding import Embedder
+from .embedding import Embedder, distill_static_model
 from .features import FEATURE_NAMES, feature_matrix
 from .labels import vocabulary_labels
 from .params import EbmParams, Kind
@@ -51,12 +51,14 @@ def _embedder_key(params: EbmParams) -> str:
     return json.dumps({name: getattr(params, name) for name in names}, sort_keys=True)
 
 
-def _embedding_space(params: EbmParams, role: str) -> dict:
-    """What a text's vector depends on: the model, its dimensions and the
-    prompt of the role, ``query`` (chunks) or ``document`` (labels)."""
+def _embedding_space(params: EbmParams, role: str, static_dir: str = "") -> dict:
+    """What a text's vector depends on: the model (each distilled static model
+    is its own), its dimensions and the prompt of the role, ``query``
+    (chunks) or ``document`` (labels)."""
     return {
         "role": role,
         "model": params.model,
+        "static_model": static_dir,
         "truncate_dim": params.truncate_dim,
         "prompt": getattr(params, f"{role}_prompt"),
         "prompt_name": getattr(params, f"{role}_prompt_name"),
@@ -101,11 +103,13 @@ class EbmBackend(AnnifBackend):
     def _parse(self, params: dict[str, Any], jobs: int = 0) -> tuple[EbmParams, set]:
         return EbmParams.parse(params, jobs)
 
-    def _embedder_for(self, params: EbmParams) -> Embedder:
-        key = _embedder_key(params)
+    def _embedder_for(self, params: EbmParams, location: str | None = None) -> Embedder:
+        """The embedder for these settings (kept while they stay the same);
+        ``location``: the project's distilled static model, if any."""
+        key = _embedder_key(params) + str(location)
         with self._lock:
             if self._embedder is None or self._embedder_key != key:
-                self._embedder = Embedder(params)
+                self._embedder = Embedder(params, location)
                 self._embedder_key = key
             return self._embedder
 
@@ -117,7 +121,10 @@ class EbmBackend(AnnifBackend):
                 metadata = model_files.load_metadata(self.datadir, self.backend_id)
                 store_path = os.path.join(self.datadir, metadata.store_file)
                 ranker_path = os.path.join(self.datadir, metadata.ranker_file)
-                for path in (store_path, ranker_path):
+                paths = [store_path, ranker_path]
+                if metadata.static_model_dir:
+                    paths.append(os.path.join(self.datadir, metadata.static_model_dir))
+                for path in paths:
                     if not os.path.exists(path):
                         raise OperationFailedException(
                             f"model file {path} is missing; retrain the project"
@@ -168,13 +175,14 @@ class EbmBackend(AnnifBackend):
             )
         store_file = model_files.new_file_name("labels", "duckdb")
         ranker_file = model_files.new_file_name("ranker", "ubj")
+        static_dir = model_files.new_file_name("static", "model") if p.static_embedding else ""
         run = None
         try:
-            embedder = self._embedder_for(p)
+            embedder = self._train_embedder(p, static_dir)
             run = TrainingRun(self.datadir, p.duckdb_threads)
-            store = self._build_store(labels, embedder, run, p, store_file)
+            store = self._build_store(labels, embedder, run, p, store_file, static_dir)
             generator = CandidateGenerator(self.project.language, embedder, store, p)
-            self._collect_training_data(corpus, sample, generator, run, p)
+            self._collect_training_data(corpus, sample, generator, run, p, static_dir)
             run.finish()
             n_train_docs, run = run.n_docs, None
             metadata = model_files.ModelMetadata(
@@ -186,19 +194,28 @@ class EbmBackend(AnnifBackend):
                 train_params=p.of_kind(Kind.TRAIN),
                 n_labels=len(labels),
                 n_train_docs=n_train_docs,
+                static_model_dir=static_dir,
             )
             self._fit_and_commit(metadata, p)
         except BaseException:
             if run is not None:
                 run.abort()
-            model_files.discard(self.datadir, store_file, ranker_file)
+            model_files.discard(self.datadir, store_file, ranker_file, static_dir)
             raise
 
+    def _train_embedder(self, p: EbmParams, static_dir: str) -> Embedder:
+        """The embedder for training; with static_embedding, first distil the
+        model into the project's ``static_dir``."""
+        if not static_dir:
+            return self._embedder_for(p)
+        distill_static_model(p, os.path.join(self.datadir, model_files.tmp_name(static_dir)))
+        return self._embedder_for(p, model_files.publish(self.datadir, static_dir))
+
     def _build_store(self, labels, embedder: Embedder, run: TrainingRun, p: EbmParams,
-                     store_file: str) -> LabelStore:
+                     store_file: str, static_dir: str) -> LabelStore:
         """Embed the labels (through the cache) and write the label store."""
         vectors, embedded = run.embed_labels(
-            labels.texts, cache.space_table(_embedding_space(p, "document")),
+            labels.texts, cache.space_table(_embedding_space(p, "document", static_dir)),
             embedder.dimension, embedder.encode_documents, _show_progress(),
         )
         self.info(f"{len(labels)} labels: embedded {embedded} with {p.model}, "
@@ -213,7 +230,7 @@ class EbmBackend(AnnifBackend):
         return LabelStore(model_files.publish(self.datadir, store_file), p.duckdb_threads)
 
     def _collect_training_data(self, corpus, sample, generator: CandidateGenerator,
-                               run: TrainingRun, p: EbmParams) -> None:
+                               run: TrainingRun, p: EbmParams, static_dir: str) -> None:
         """Chunk the sampled documents, embed new chunks, store candidates."""
         selected = (doc for doc, keep in zip(corpus.documents, sample.selected) if keep)
         with tqdm(total=sample.n_selected, desc="chunk train documents", unit="doc",
@@ -226,7 +243,7 @@ class EbmBackend(AnnifBackend):
         embedder = generator.embedder
         with generator.stage("embed"):
             embedded = run.embed_chunks(
-                cache.space_table(_embedding_space(p, "query")), embedder.dimension,
+                cache.space_table(_embedding_space(p, "query", static_dir)), embedder.dimension,
                 embedder.encode_queries, _show_progress(),
             )
         self.info(f"embedded {embedded} new chunks (the rest from the embedding cache)")
@@ -280,7 +297,10 @@ class EbmBackend(AnnifBackend):
         model = self._load_model()
         p, explicit = self._parse(params)
         p = p.with_stored_model(model.metadata.model, explicit)
-        embedder = self._embedder_for(p)
+        static_dir = model.metadata.static_model_dir
+        embedder = self._embedder_for(
+            p, os.path.join(self.datadir, static_dir) if static_dir else None
+        )
         if embedder.dimension != model.store.dimension:
             raise OperationFailedException(
                 f"embedding model '{p.model}' gives {embedder.dimension} dimensions, "

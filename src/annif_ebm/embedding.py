@@ -79,7 +79,9 @@ def resolve_dtype(dtype: str, devices: list[str]):
 class Embedder:
     """A loaded sentence-transformers model with the encode settings."""
 
-    def __init__(self, params: EbmParams) -> None:
+    def __init__(self, params: EbmParams, location: str | None = None) -> None:
+        """``location``: a saved model to load instead of ``params.model``
+        (the project's distilled static model)."""
         import torch
         from sentence_transformers import SentenceTransformer
 
@@ -87,7 +89,7 @@ class Embedder:
         self.devices = resolve_device(params.device)
         if params.torch_threads:
             torch.set_num_threads(params.torch_threads)
-        location, local = model_location(params.model)
+        location, local = (location, True) if location else model_location(params.model)
         model_kwargs = {_dtype_kwarg(): resolve_dtype(params.dtype, self.devices)}
         model_kwargs.update(params.model_kwargs)
         logger.info(
@@ -166,3 +168,29 @@ class Embedder:
                 logger.warning(
                     "CUDA out of memory: retrying with batch size %d", self.batch_size
                 )
+
+
+def distill_static_model(params: EbmParams, path: str) -> None:
+    """Distill ``params.model`` into a static embedding model saved at ``path``
+    (model2vec: one vector per token, averaged; no transformer at run time)."""
+    try:
+        from model2vec.distill import distill  # noqa: F401
+    except ImportError:
+        raise OperationFailedException(
+            "static_embedding=true needs model2vec: pip install 'annif-ebm[static]'"
+        ) from None
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.models import StaticEmbedding
+
+    location, _ = model_location(params.model)
+    device = resolve_device(params.device)[0]
+    logger.info("distilling %s into a static embedding model", params.model)
+    try:
+        static = StaticEmbedding.from_distillation(
+            location, device=device, pca_dims=params.static_dims or None
+        )
+    except (OSError, ValueError) as err:
+        raise OperationFailedException(
+            f"cannot distill embedding model '{params.model}': {err}"
+        ) from err
+    SentenceTransformer(modules=[static], device="cpu").save(path)

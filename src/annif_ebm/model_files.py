@@ -1,8 +1,9 @@
 """The files of a trained model and their atomic replacement.
 
 A model is a label store (``ebm-labels-<id>.duckdb``), a ranker
-(``ebm-ranker-<id>.ubj``) and the metadata file ``ebm-model.json`` that names
-them. New files get new names and are written completely before the metadata
+(``ebm-ranker-<id>.ubj``), with ``static_embedding`` a distilled embedding
+model (folder ``ebm-static-<id>``), and the metadata file ``ebm-model.json``
+that names them. New files get new names and are written completely before the metadata
 is replaced in one atomic rename: until that moment the previous model is
 untouched and usable, and a half-written file is never named by it. Names in
 the metadata are bare file names inside the project's datadir, so a copied or
@@ -16,6 +17,7 @@ import datetime
 import glob
 import json
 import os
+import shutil
 import uuid
 
 import annif.util
@@ -25,7 +27,8 @@ from . import __version__
 
 METADATA_FILE = "ebm-model.json"
 FORMAT_VERSION = 1
-_MANAGED_PATTERNS = ("ebm-labels-*.duckdb", "ebm-labels-*.duckdb.wal", "ebm-ranker-*.ubj")
+_MANAGED_PATTERNS = ("ebm-labels-*.duckdb", "ebm-labels-*.duckdb.wal", "ebm-ranker-*.ubj",
+                     "ebm-static-*")
 
 
 def _now() -> datetime.datetime:
@@ -52,6 +55,7 @@ class ModelMetadata:
     train_params: dict
     n_labels: int
     n_train_docs: int
+    static_model_dir: str = ""  # with static_embedding: the distilled model's folder
     package_version: str = __version__
     format_version: int = FORMAT_VERSION
     created: str = dataclasses.field(default_factory=lambda: _now().isoformat())
@@ -98,6 +102,8 @@ def load_metadata(datadir: str, backend_id: str) -> ModelMetadata:
         ) from err
     _check_file_name(metadata.store_file, path)
     _check_file_name(metadata.ranker_file, path)
+    if metadata.static_model_dir:
+        _check_file_name(metadata.static_model_dir, path)
     return metadata
 
 
@@ -110,12 +116,19 @@ def commit(datadir: str, metadata: ModelMetadata) -> None:
         METADATA_FILE,
         method=lambda obj, path: _write_json(dataclasses.asdict(obj), path),
     )
-    keep = {metadata.store_file, metadata.ranker_file}
+    keep = {metadata.store_file, metadata.ranker_file, metadata.static_model_dir}
     for pattern in _MANAGED_PATTERNS:
         for path in glob.glob(os.path.join(datadir, pattern)):
             name = os.path.basename(path)
             if name not in keep and name.removesuffix(".wal") not in keep:
-                os.remove(path)
+                _remove(path)
+
+
+def _remove(path: str) -> None:
+    if os.path.isdir(path):
+        shutil.rmtree(path, ignore_errors=True)
+    elif os.path.exists(path):
+        os.remove(path)
 
 
 def _write_json(data: dict, path: str) -> None:
@@ -134,8 +147,7 @@ def publish(datadir: str, name: str) -> str:
 
 def discard(datadir: str, *names: str) -> None:
     """Remove files of a training run that did not commit."""
-    for name in names:
+    for name in filter(None, names):  # "" names no file
         for candidate in (name, tmp_name(name)):
             for path in (os.path.join(datadir, candidate), os.path.join(datadir, candidate) + ".wal"):
-                if os.path.exists(path):
-                    os.remove(path)
+                _remove(path)

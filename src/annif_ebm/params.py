@@ -164,6 +164,16 @@ class EbmParams:
     use_altlabels: bool = _param(
         True, Kind.MODEL, _bool, "embed altLabels (project language) besides prefLabels"
     )
+    static_embedding: bool = _param(
+        False,
+        Kind.MODEL,
+        _bool,
+        "distill `model` at train time into a static embedding model (model2vec; "
+        "needs the `static` extra): tens of times faster on CPU, somewhat less accurate",
+    )
+    static_dims: int = _param(
+        256, Kind.MODEL, _int_at_least(0), "PCA dimensions of the static model; 0 = all"
+    )
 
     # --- training: ranker and index build ---
     xgb_rounds: int = _param(300, Kind.TRAIN, _int_at_least(1), "boosting rounds")
