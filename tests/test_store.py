@@ -63,6 +63,17 @@ def test_hnsw_search_agrees_with_exact(store_path, embedder):
     np.testing.assert_allclose(exact[2], approx[2], atol=1e-4)
 
 
+def test_hnsw_query_uses_the_index(store_path, embedder):
+    store = LabelStore(str(store_path))
+    sql = store.hnsw_sql(embedder.encode_queries(["economics"])[0], 2)
+    con = store._open(with_vss=True)
+    try:
+        plan = "".join(row[1] for row in con.execute("EXPLAIN " + sql).fetchall())
+    finally:
+        con.close()
+    assert "HNSW_INDEX_SCAN" in plan
+
+
 def test_hnsw_search_without_index_is_a_clear_error(tmp_path, label_set, embedder):
     path = tmp_path / "plain.duckdb"
     write_store(str(path), label_set, embedder.encode_documents(TEXTS), "m")
