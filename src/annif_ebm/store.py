@@ -23,7 +23,8 @@ from annif.exception import OperationFailedException
 
 from .labels import LabelSet
 
-EXACT_QUERY_BLOCK = 1024  # chunk vectors per matrix product
+EXACT_QUERY_BLOCK = 1024  # chunk vectors per matrix product, at most
+SCORE_BUFFER_BYTES = 64 << 20  # per thread and device, for the block's scores
 
 
 def vss_extension_path() -> pathlib.Path:
@@ -127,6 +128,7 @@ class LabelStore:
         self.concept_ids = np.asarray(columns["concept_id"], dtype=np.int32)
         self.is_pref = np.asarray(columns["is_pref"], dtype=bool)
         self._matrix = {}
+        self._buffers = threading.local()
         self._lock = threading.Lock()
         self._hnsw_con = None  # (pid, connection)
 
@@ -194,15 +196,30 @@ class LabelStore:
             return self._search_hnsw(queries, k, ef_search)
         return self._search_exact(queries, k, device)
 
+    def _score_buffer(self, device: str):
+        """A reusable (block, labels) score matrix of this thread: writing into
+        memory already touched spares a fresh allocation's page faults, which
+        cost about a sixth of the search time on CPU."""
+        import torch
+
+        buffers = self._buffers.__dict__.setdefault("by_device", {})
+        if device not in buffers:
+            fit = max(16, min(EXACT_QUERY_BLOCK, SCORE_BUFFER_BYTES // (4 * len(self))))
+            rows = 1 << (fit.bit_length() - 1)  # a power of two: fastest in BLAS
+            buffers[device] = torch.empty((rows, len(self)), dtype=torch.float32, device=device)
+        return buffers[device]
+
     def _search_exact(self, queries: np.ndarray, k: int, device: str):
         import torch
 
         matrix = self.label_matrix(device)
+        buffer = self._score_buffer(device)
         label_parts, score_parts = [], []
         with torch.inference_mode():
-            for start in range(0, len(queries), EXACT_QUERY_BLOCK):
-                block = torch.from_numpy(queries[start : start + EXACT_QUERY_BLOCK])
-                scores = block.to(device=device, dtype=matrix.dtype) @ matrix.T
+            for start in range(0, len(queries), len(buffer)):
+                block = torch.from_numpy(queries[start : start + len(buffer)])
+                scores = torch.matmul(block.to(device=device, dtype=matrix.dtype), matrix.T,
+                                      out=buffer[: len(block)])
                 top = torch.topk(scores, k, dim=1)
                 label_parts.append(top.indices.cpu().numpy())
                 score_parts.append(top.values.float().cpu().numpy())
