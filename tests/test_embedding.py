@@ -102,3 +102,15 @@ def test_nan_output_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(emb, "model", NanModel())
     with pytest.raises(OperationFailedException, match="NaN"):
         emb.encode_queries(["text"])
+
+
+def test_several_devices_encode_through_one_worker_pool(embedder):
+    """device=cuda:0,cuda:1 spreads encoding over worker processes; the same
+    plumbing runs here with two CPU workers."""
+    multi = Embedder(params(device="cpu,cpu"))
+    texts = [f"text number {i} about economics" for i in range(40)]
+    np.testing.assert_allclose(multi.encode_queries(texts), embedder.encode_queries(texts),
+                               atol=1e-5)
+    pool = multi._pool
+    multi.encode_documents(["labour market"])
+    assert multi._pool is pool and len(pool[1]["processes"]) == 2

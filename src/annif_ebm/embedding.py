@@ -7,6 +7,7 @@ Embeddings come back L2-normalised as float32 numpy arrays.
 
 from __future__ import annotations
 
+import atexit
 import os
 import threading
 
@@ -111,6 +112,7 @@ class Embedder:
         self.batch_size = params.batch_size or AUTO_BATCH_SIZE[
             "cuda" if self.devices[0].startswith("cuda") else "cpu"]
         self._lock = threading.Lock()
+        self._pool = None  # (pid, multi-device worker pool)
         self.dimension = self.encode_queries(["dimension probe"]).shape[1]
 
     def _prompt(self, prompt: str, prompt_name: str) -> dict:
@@ -144,11 +146,21 @@ class Embedder:
             )
         return vectors[inverse.reshape(-1)]
 
+    def _device_pool(self) -> dict:
+        """Worker processes, one per device, started once per process and
+        stopped at exit (sentence-transformers' multi-process pool)."""
+        if self._pool is None or self._pool[0] != os.getpid():
+            logger.info("starting encode workers on %s", ",".join(self.devices))
+            pool = self.model.start_multi_process_pool(self.devices)
+            atexit.register(self.model.stop_multi_process_pool, pool)
+            self._pool = (os.getpid(), pool)
+        return self._pool[1]
+
     def _encode_with_retry(self, texts: list[str], prompt: dict, progress: bool):
         """Encode; on CUDA out-of-memory halve the batch size and try again."""
         import torch
 
-        device = self.devices if len(self.devices) > 1 else None
+        pool = self._device_pool() if len(self.devices) > 1 else None
         while True:
             try:
                 return self.model.encode(
@@ -157,7 +169,7 @@ class Embedder:
                     normalize_embeddings=True,
                     convert_to_numpy=True,
                     show_progress_bar=progress,
-                    device=device,
+                    pool=pool,
                     **prompt,
                 )
             except torch.cuda.OutOfMemoryError:
