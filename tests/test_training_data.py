@@ -9,7 +9,8 @@ from annif.exception import NotInitializedException
 
 from annif_ebm import cache
 from annif_ebm.features import FEATURE_NAMES
-from annif_ebm.training_data import TRAIN_FILE, TrainingRun, candidate_batches
+from annif_ebm.training_data import (TRAIN_FILE, TrainingRun, cached_training_data,
+                                     candidate_batches)
 
 LABELS = ["Economics", "Labour market", "Neural networks", "Economics"]
 SPACE_A = cache.space_table({"model": "m", "role": "document"})
@@ -85,17 +86,19 @@ def test_candidates_are_labelled_with_gold_and_published(tmp_path, embedder):
     run.add_candidates(0, 2, candidates([0, 0, 1], [7, 8, 8]))  # doc 0 gold 7, doc 1 gold 8, 9
     run.add_candidates(2, 3, candidates([0, 0], [7, 9]))  # doc 2 gold 7
     assert run.n_rows == 5
-    run.finish()
-    assert os.path.exists(tmp_path / TRAIN_FILE)
-    assert not os.path.exists(tmp_path / f"tmp-{TRAIN_FILE}")
-    batches = list(candidate_batches(str(tmp_path), "p"))
+    path = run.finish()
+    assert not os.path.exists(tmp_path / TRAIN_FILE)  # not before the ranker is saved
+    batches = list(candidate_batches(path, "p"))
     features = np.concatenate([f for f, _ in batches])
     gold = np.concatenate([g for _, g in batches])
     assert gold.tolist() == [True, False, True, True, False]
     assert features.shape == (5, len(FEATURE_NAMES))
     assert features[0].tolist() == [float(i) for i in range(len(FEATURE_NAMES))]
+    run.publish()
+    assert os.path.exists(tmp_path / TRAIN_FILE) and not os.path.exists(path)
+    assert len(list(candidate_batches(cached_training_data(str(tmp_path)), "p"))) == 1
 
 
 def test_missing_cached_training_data_is_a_clear_error(tmp_path):
     with pytest.raises(NotInitializedException, match="train without --cached"):
-        next(candidate_batches(str(tmp_path), "p"))
+        next(candidate_batches(cached_training_data(str(tmp_path)), "p"))

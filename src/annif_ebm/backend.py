@@ -28,12 +28,24 @@ from .pipeline import CandidateGenerator
 from .ranker import Ranker
 from .sampling import choose_documents
 from .store import LabelStore, write_store
-from .training_data import TrainingRun, candidate_batches
+from .training_data import TrainingRun, cached_training_data, candidate_batches
 
 if TYPE_CHECKING:
     from annif.corpus import Document, DocumentCorpus
 
 TRAIN_BATCH_DOCS = 256
+
+
+def _documents(corpus: DocumentCorpus):
+    """The corpus' documents; a file that is not UTF-8 is a clear error (Annif
+    reads corpora strictly as UTF-8)."""
+    try:
+        yield from corpus.documents
+    except UnicodeDecodeError as err:
+        raise OperationFailedException(
+            f"the training corpus is not valid UTF-8 ({err}); clean it, e.g. with "
+            "'iconv -f utf-8 -t utf-8 -c'"
+        ) from None
 
 
 def _batched(iterable, size: int):
@@ -147,10 +159,13 @@ class EbmBackend(AnnifBackend):
 
     def _train(self, corpus: DocumentCorpus, params: dict[str, Any], jobs: int = 0) -> None:
         p, explicit = self._parse(params, jobs)
+        leftovers = model_files.remove_leftovers(self.datadir)
+        if leftovers:
+            self.warning(f"removed files of an interrupted training run: {', '.join(leftovers)}")
         if corpus == "cached":
             self._train_cached(p, explicit)
             return
-        if corpus.is_empty():
+        if next(_documents(corpus), None) is None:
             raise NotSupportedException(
                 f"training backend {self.backend_id} with no documents"
             )
@@ -166,7 +181,7 @@ class EbmBackend(AnnifBackend):
                 f"language '{self.project.vocab_lang}'"
             )
         sample = choose_documents(
-            (doc.subject_set for doc in corpus.documents), p.max_train_docs
+            (doc.subject_set for doc in _documents(corpus)), p.max_train_docs
         )
         self.info(sample.describe())
         if sample.n_selected == 0:
@@ -183,8 +198,7 @@ class EbmBackend(AnnifBackend):
             store = self._build_store(labels, embedder, run, p, store_file, static_dir)
             generator = CandidateGenerator(self.project.language, embedder, store, p)
             self._collect_training_data(corpus, sample, generator, run, p, static_dir)
-            run.finish()
-            n_train_docs, run = run.n_docs, None
+            train_path = run.finish()
             metadata = model_files.ModelMetadata(
                 store_file=store_file,
                 ranker_file=ranker_file,
@@ -193,10 +207,10 @@ class EbmBackend(AnnifBackend):
                 feature_names=list(FEATURE_NAMES),
                 train_params=p.of_kind(Kind.TRAIN),
                 n_labels=len(labels),
-                n_train_docs=n_train_docs,
+                n_train_docs=run.n_docs,
                 static_model_dir=static_dir,
             )
-            self._fit_and_commit(metadata, p)
+            self._fit_and_commit(metadata, p, train_path, run.publish)
         except BaseException:
             if run is not None:
                 run.abort()
@@ -232,7 +246,7 @@ class EbmBackend(AnnifBackend):
     def _collect_training_data(self, corpus, sample, generator: CandidateGenerator,
                                run: TrainingRun, p: EbmParams, static_dir: str) -> None:
         """Chunk the sampled documents, embed new chunks, store candidates."""
-        selected = (doc for doc, keep in zip(corpus.documents, sample.selected) if keep)
+        selected = (doc for doc, keep in zip(_documents(corpus), sample.selected) if keep)
         with tqdm(total=sample.n_selected, desc="chunk train documents", unit="doc",
                   disable=not _show_progress()) as bar:
             for batch in _batched(selected, TRAIN_BATCH_DOCS):
@@ -266,19 +280,24 @@ class EbmBackend(AnnifBackend):
         try:
             self._fit_and_commit(
                 metadata.replace(ranker_file=ranker_file, train_params=p.of_kind(Kind.TRAIN)),
-                p,
+                p, cached_training_data(self.datadir),
             )
         except BaseException:
             model_files.discard(self.datadir, ranker_file)
             raise
 
-    def _fit_and_commit(self, metadata: model_files.ModelMetadata, p: EbmParams) -> None:
+    def _fit_and_commit(self, metadata: model_files.ModelMetadata, p: EbmParams,
+                        train_path: str, publish_training_data=None) -> None:
+        """Train the ranker on the candidates in ``train_path``, then make the
+        new model (and its training data) the project's."""
         self.info("training the ranker")
         ranker = Ranker.train(
-            lambda: candidate_batches(self.datadir, self.backend_id), p, self.datadir
+            lambda: candidate_batches(train_path, self.backend_id), p, self.datadir
         )
         ranker.save(os.path.join(self.datadir, model_files.tmp_name(metadata.ranker_file)))
         model_files.publish(self.datadir, metadata.ranker_file)
+        if publish_training_data is not None:
+            publish_training_data()
         model_files.commit(self.datadir, metadata)
         with self._lock:
             self._model = None

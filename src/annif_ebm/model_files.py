@@ -145,6 +145,17 @@ def publish(datadir: str, name: str) -> str:
     return final
 
 
+def remove_leftovers(datadir: str) -> list[str]:
+    """Remove what a killed training run left behind (``tmp-*`` files and
+    folders of this backend); return their names."""
+    names = []
+    for pattern in ("tmp-ebm-*", "tmp-xgb-*"):
+        for path in glob.glob(os.path.join(datadir, pattern)):
+            _remove(path)
+            names.append(os.path.basename(path))
+    return sorted(names)
+
+
 def discard(datadir: str, *names: str) -> None:
     """Remove files of a training run that did not commit."""
     for name in filter(None, names):  # "" names no file

@@ -1,7 +1,8 @@
 """Training data on disk: documents' chunks, gold subjects, candidate features.
 
 A training run writes ``tmp-ebm-train.duckdb`` in the project's datadir and,
-when it completes, renames it to ``ebm-train.duckdb`` (Annif ignores
+once the ranker trained from it is saved, renames it to ``ebm-train.duckdb``
+(so a failed run never replaces the previous run's data; Annif ignores
 ``*-train*`` files when deciding whether a project is trained). Every table
 grows batch by batch and is read back by document ranges in insertion order
 (DuckDB's zone maps skip the rest), so memory stays bounded however large the
@@ -146,24 +147,34 @@ class TrainingRun:
         self._con.unregister("batch_rows")
         self.n_rows += len(rows)
 
-    def finish(self) -> None:
-        """Keep only the candidates and publish the file as ``ebm-train.duckdb``."""
+    def finish(self) -> str:
+        """Keep only the candidates and close the file; return its path."""
         for table in ("chunks", "chunk_vectors", "gold"):
             self._con.execute(f"DROP TABLE IF EXISTS {table}")
         self._con.execute("CHECKPOINT")
         self._con.execute(f"DETACH {cache.ALIAS}")
         self._con.close()
+        self._con = None
+        return self._path
+
+    def publish(self) -> None:
+        """Make the finished file the project's ``ebm-train.duckdb``."""
         os.replace(self._path, os.path.join(self.datadir, TRAIN_FILE))
 
     def abort(self) -> None:
-        self._con.close()
+        if self._con is not None:
+            self._con.close()
         _remove(self._path, self._path + ".wal")
 
 
-def candidate_batches(datadir: str, backend_id: str) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """(features, gold flags) of the stored training candidates, in batches of
-    :data:`RANKER_BATCH_DOCS` documents; a fresh iterator each call."""
-    path = os.path.join(datadir, TRAIN_FILE)
+def cached_training_data(datadir: str) -> str:
+    """The path of the previous run's training data (``train --cached``)."""
+    return os.path.join(datadir, TRAIN_FILE)
+
+
+def candidate_batches(path: str, backend_id: str) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(features, gold flags) of the training candidates in the file ``path``,
+    in batches of :data:`RANKER_BATCH_DOCS` documents; a fresh iterator each call."""
     if not os.path.exists(path):
         raise NotInitializedException(
             f"cached training data {path} not found; train without --cached first",

@@ -1,0 +1,315 @@
+"""The catalogue of bad inputs and faults (docs/reliability.md), one test
+each, with the real model, DuckDB store, XGBoost ranker and annif CLI."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+import signal
+import subprocess
+import time
+
+import numpy as np
+import pytest
+from annif.corpus import Document
+from annif.exception import OperationFailedException
+
+from .conftest import ANNIF, EBM_PROJECT, AnnifEnv, parse_metrics
+
+pytestmark = pytest.mark.slow
+
+TEXT = "Deep learning with artificial neural networks for image recognition."
+
+
+@pytest.fixture(scope="module")
+def project(trained_env):
+    """The trained ``ebm-en`` project, loaded in this process."""
+    import annif
+    from annif.registry import AnnifRegistry
+
+    app = annif.create_flask_app()
+    with app.app_context():
+        registry = AnnifRegistry(str(trained_env.path / "projects.cfg"),
+                                 str(trained_env.path / "data"), False)
+        app.annif_registry = registry
+        yield registry.get_project("ebm-en")
+
+
+def suggest(project, texts):
+    """Suggestions per text, as (subject id, score) lists."""
+    batch = project.suggest([Document(text=t) for t in texts])
+    return [[(hit.subject_id, round(float(hit.score), 5)) for hit in result]
+            for result in batch.filter(limit=10)]
+
+
+# ---- inputs: each gives no crash, no hang, and the right output for the rest ----
+
+BAD_TEXTS = {
+    "empty": "",
+    "whitespace": " \t\n \r\n ",
+    "punctuation": "?!... ,;: -- () [] {} ***",
+    "control_and_nul": "\x00\x01\x02\x1b\x7f\x00\x0b\x0c",
+    "lone_surrogates": "\ud800\udfff\ud83d",
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_TEXTS))
+def test_contentless_document_gives_no_subjects(project, name):
+    assert suggest(project, [BAD_TEXTS[name]]) == [[]]
+
+
+def test_one_word_document_gets_subjects(project):
+    (result,) = suggest(project, ["Economics"])
+    assert 0 < len(result) <= 10
+
+
+@pytest.mark.parametrize("text", [
+    "x" * 120_000,  # one 120,000-character word
+    "a" * 1_000_000,  # a line of one million identical characters
+    (TEXT + " ") * 150_000,  # about 10 MB of text
+], ids=["120k_word", "1M_same_char", "10MB_document"])
+def test_huge_document_is_bounded_and_fast(project, text):
+    start = time.perf_counter()
+    (result,) = suggest(project, [text])
+    assert time.perf_counter() - start < 60
+    assert isinstance(result, list)  # bounded chunks: no out-of-memory, no hang
+    if text.startswith(TEXT):
+        assert result  # the real text still finds subjects
+
+
+def test_dirty_text_keeps_its_meaning(project):
+    dirty = "Deep\x00 learning\x07 with \ud800artificial neural networks\x1b for image recognition."
+    clean_top = [s for s, _ in suggest(project, [TEXT])[0][:3]]
+    dirty_top = [s for s, _ in suggest(project, [dirty])[0][:3]]
+    assert set(clean_top) & set(dirty_top)
+
+
+def test_mixed_scripts_in_one_text(project):
+    text = ("Neural networks Нейронные сети 神经网络 الشبكات العصبية "
+            "for image recognition. Machine learning.")
+    (result,) = suggest(project, [text])
+    assert result
+
+
+def test_batch_of_only_empty_documents(project):
+    assert suggest(project, ["", " ", "\n"]) == [[], [], []]
+
+
+def test_batch_mixing_empty_and_normal_documents_keeps_order(project):
+    alone = suggest(project, [TEXT])[0]
+    mixed = suggest(project, ["", TEXT, "\x00", "Economics", " "])
+    assert mixed[0] == mixed[2] == mixed[4] == []
+    assert mixed[1] == alone
+    assert mixed[3] == suggest(project, ["Economics"])[0]
+
+
+def test_corpus_lines_without_subjects_or_with_unknown_subjects(trained_env, sample_corpus,
+                                                                tmp_path):
+    good = sample_corpus["test"].read_text(encoding="utf-8").splitlines(keepends=True)[:20]
+    corpus = tmp_path / "odd.tsv"
+    corpus.write_text(
+        "A line with no subjects at all\n"
+        "Text about economics\t<http://example.org/not-in-the-vocabulary>\n"
+        + "".join(good), encoding="utf-8")
+    result = trained_env.run("eval", "ebm-en", str(corpus))
+    assert "Traceback" not in result.stderr
+    assert parse_metrics(result.stdout)["Documents evaluated"] >= 20
+    train = trained_env.copy_to(tmp_path / "env")
+    result = train.run("train", "ebm-en", str(corpus), "-b", "ebm.xgb_rounds=20")
+    assert "(1 have no subjects)" in result.stderr or "have no subjects" in result.stderr
+
+
+def test_training_corpus_with_invalid_utf8_is_a_clear_error(trained_env, sample_corpus,
+                                                            tmp_path):
+    env = trained_env.copy_to(tmp_path / "env")
+    expected = env.run("suggest", "ebm-en", stdin=TEXT).stdout
+    corpus = tmp_path / "dirty.tsv"
+    corpus.write_bytes(sample_corpus["test"].read_bytes()[:3000].rsplit(b"\n", 1)[0]
+                       + b"\nEconomics of the \xff\xfe market\t<https://d-nb.info/gnd/4066446-6>\n")
+    result = env.run("train", "ebm-en", str(corpus), check=False)
+    assert result.returncode != 0 and "not valid UTF-8" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert env.run("suggest", "ebm-en", stdin=TEXT).stdout == expected
+
+
+# ---- vocabularies ----
+
+VOCAB = """@prefix skos: <http://www.w3.org/2004/02/skos/core#> .
+@prefix owl: <http://www.w3.org/2002/07/owl#> .
+@prefix ex: <http://example.org/> .
+ex:economics a skos:Concept ; skos:prefLabel "Economics"@en, "Wirtschaft"@de .
+ex:labour a skos:Concept ; skos:prefLabel "Labour market"@en .
+ex:neural a skos:Concept ; skos:prefLabel "Neural networks"@en ;
+    skos:altLabel "Artificial neural networks"@en .
+ex:poetry a skos:Concept ; skos:prefLabel "Poetry"@en .
+ex:german a skos:Concept ; skos:prefLabel "Nur Deutsch"@de .
+ex:verse a skos:Concept ; skos:prefLabel "Poetry"@en .
+ex:old a skos:Concept ; skos:prefLabel "Machine learning"@en ; owl:deprecated true .
+ex:long a skos:Concept ; skos:prefLabel "%s"@en .
+"""
+
+TRAIN = "\n".join([
+    "Wages, jobs and unemployment in the labour market.\t<http://example.org/labour>",
+    "Training artificial neural networks.\t<http://example.org/neural>",
+    "Growth and inflation in the national economy.\t<http://example.org/economics>",
+    "Sonnets and lyric verse of the middle ages.\t<http://example.org/poetry>",
+] * 5) + "\n"
+
+
+def vocab_env(tmp_path, vocab_text, name="voc"):
+    env = AnnifEnv(tmp_path / name, "[p]\nname=p\nlanguage=en\nbackend=ebm\nvocab=voc\n")
+    path = tmp_path / f"{name}.ttl"
+    path.write_text(vocab_text, encoding="utf-8")
+    env.run("load-vocab", "voc", str(path))
+    return env
+
+
+def test_awkward_vocabulary(tmp_path):
+    """No English label, duplicate labels across concepts, a deprecated concept
+    and a 5,000-character label: trains, and suggests only what it should."""
+    env = vocab_env(tmp_path, VOCAB % ("Economics of long labels " * 208))
+    (tmp_path / "train.tsv").write_text(TRAIN, encoding="utf-8")
+    result = env.run("train", "p", str(tmp_path / "train.tsv"))
+    assert "Traceback" not in result.stderr
+    metadata = json.loads((env.project_dir("p") / "ebm-model.json").read_text())
+    assert metadata["n_labels"] == 7  # no label for ex:german or deprecated ex:old
+    uris = {line.split("\t")[0] for line in env.run(
+        "suggest", "p", "--limit", "20", stdin="Machine learning and poetry.").stdout.splitlines()}
+    assert "<http://example.org/old>" not in uris and "<http://example.org/german>" not in uris
+    assert {"<http://example.org/poetry>", "<http://example.org/verse>"} <= uris
+
+
+def test_vocabulary_without_usable_labels_is_a_clear_error(tmp_path):
+    env = vocab_env(tmp_path, VOCAB.split("ex:economics")[0]
+                    + 'ex:german a skos:Concept ; skos:prefLabel "Nur Deutsch"@de .\n')
+    (tmp_path / "train.tsv").write_text("Text\t<http://example.org/german>\n")
+    result = env.run("train", "p", str(tmp_path / "train.tsv"), check=False)
+    assert result.returncode != 0 and "no usable labels in language 'en'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_no_candidate_matches_any_gold_subject_is_a_clear_error(tmp_path):
+    env = vocab_env(tmp_path, VOCAB % "Long")
+    # every document is labelled with a concept whose only label is German
+    (tmp_path / "train.tsv").write_text(
+        "Sonnets and verse.\t<http://example.org/german>\n" * 5)
+    result = env.run("train", "p", str(tmp_path / "train.tsv"), check=False)
+    assert result.returncode != 0
+    assert "matches any gold subject" in result.stderr and "Traceback" not in result.stderr
+
+
+# ---- faults ----
+
+def _files(path):
+    return {p.name: (p.stat().st_size, p.stat().st_mtime_ns) for p in path.iterdir()}
+
+
+@pytest.mark.parametrize("how", ["exception", "sigterm", "sigkill"])
+def test_interrupted_training_leaves_the_previous_model(trained_env, sample_corpus,
+                                                       tmp_path, how):
+    env = trained_env.copy_to(tmp_path / "env")
+    project_dir = env.project_dir("ebm-en")
+    expected = env.run("suggest", "ebm-en", stdin=TEXT).stdout
+    model = json.loads((project_dir / "ebm-model.json").read_text())
+    if how == "exception":
+        # fails half-way: labels embedded, store written, then the ranker finds
+        # no correct candidate (the one candidate per document is never "Snow line")
+        (tmp_path / "bad.tsv").write_text(
+            "Training deep neural networks.\t<https://d-nb.info/gnd/4179843-0>\n" * 3)
+        result = env.run("train", "ebm-en", str(tmp_path / "bad.tsv"),
+                         "-b", "ebm.candidates_per_chunk=1", "-b", "ebm.candidates_per_doc=1",
+                         check=False)
+        assert result.returncode != 0 and "matches any gold subject" in result.stderr
+    else:
+        process = subprocess.Popen(
+            [ANNIF, "train", "ebm-en", str(sample_corpus["train"]),
+             "-b", "ebm.query_prompt=new prompt: ", "-b", "ebm.max_train_docs=0"],
+            env=env.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        # wait until the run has begun writing, then stop it
+        deadline = time.time() + 300
+        while time.time() < deadline and not list(project_dir.glob("tmp-ebm-*")):
+            time.sleep(0.2)
+        time.sleep(3)
+        process.send_signal(signal.SIGTERM if how == "sigterm" else signal.SIGKILL)
+        process.wait(timeout=120)
+        assert process.returncode != 0
+    assert json.loads((project_dir / "ebm-model.json").read_text()) == model
+    assert env.run("suggest", "ebm-en", stdin=TEXT).stdout == expected
+    # the next training removes whatever the stopped run left behind
+    env.run("train", "ebm-en", "--cached", "-b", "ebm.xgb_rounds=20")
+    assert not list(project_dir.glob("tmp-*"))
+
+
+def test_truncated_or_foreign_model_files_are_clear_errors(trained_env, tmp_path):
+    env = trained_env.copy_to(tmp_path / "env")
+    project_dir = env.project_dir("ebm-en")
+    model = json.loads((project_dir / "ebm-model.json").read_text())
+    for name, damage in [
+        (model["store_file"], lambda p: p.write_bytes(p.read_bytes()[:5000])),
+        (model["ranker_file"], lambda p: p.write_bytes(p.read_bytes()[:100])),
+        ("ebm-model.json", lambda p: p.write_text(p.read_text()[:50])),
+        ("ebm-model.json", lambda p: p.write_text(json.dumps({**model, "format_version": 99}))),
+    ]:
+        copy = env.copy_to(tmp_path / f"damaged-{len(list(tmp_path.iterdir()))}")
+        damage(copy.project_dir("ebm-en") / name)
+        result = copy.run("suggest", "ebm-en", stdin=TEXT, check=False)
+        assert result.returncode != 0, name
+        assert "retrain the project" in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr
+
+
+def test_suggest_never_writes_to_the_project(trained_env, sample_corpus):
+    project_dir = trained_env.project_dir("ebm-en")
+    before = _files(project_dir)
+    trained_env.run("eval", "ebm-en", str(sample_corpus["test"]), "--jobs", "2")
+    trained_env.run("suggest", "ebm-en", stdin=TEXT)
+    assert _files(project_dir) == before
+
+
+def test_several_processes_read_one_project_at_once(trained_env):
+    processes = [subprocess.Popen([ANNIF, "suggest", "ebm-en"], env=trained_env.env(),
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    outputs = [p.communicate(TEXT, timeout=600) for p in processes]
+    assert all(p.returncode == 0 for p in processes), outputs
+    assert len({out for out, _ in outputs}) == 1 and outputs[0][0]
+
+
+def test_wrong_embedding_dimension_is_a_clear_error(project, monkeypatch):
+    embedder = project.backend._embedder_for(project.backend._parse(project.backend.params)[0])
+    monkeypatch.setattr(embedder, "dimension", 128)
+    with pytest.raises(OperationFailedException, match="gives 128 dimensions"):
+        project.backend.suggest([Document(text=TEXT)])
+
+
+def test_eight_threads_give_the_same_results_as_one(project):
+    texts = [TEXT, "Economics and the labour market.", "Medieval poetry.", "Databases."] * 4
+    expected = [suggest(project, [t])[0] for t in texts]
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda t: suggest(project, [t])[0], texts * 2))
+    assert results == expected * 2
+
+
+# ---- security ----
+
+def test_no_pickle_in_the_project_datadir(trained_env):
+    for path in trained_env.project_dir("ebm-en").iterdir():
+        if path.is_file():
+            head = path.read_bytes()[:2]
+            assert not head.startswith(b"\x80"), f"{path.name} looks like a pickle"
+            assert path.suffix in {".json", ".duckdb", ".ubj", ".wal"}, path.name
+
+
+def test_remote_code_is_off_unless_asked(project):
+    params, _ = project.backend._parse(project.backend.params)
+    assert params.trust_remote_code is False
+
+
+def test_model_files_outside_the_datadir_are_refused(trained_env, tmp_path):
+    env = trained_env.copy_to(tmp_path / "env")
+    path = env.project_dir("ebm-en") / "ebm-model.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "store_file": "../../x.duckdb"}))
+    result = env.run("suggest", "ebm-en", stdin=TEXT, check=False)
+    assert result.returncode != 0 and "invalid file" in result.stderr
+    assert "Traceback" not in result.stderr
