@@ -114,3 +114,14 @@ def test_several_devices_encode_through_one_worker_pool(embedder):
     pool = multi._pool
     multi.encode_documents(["labour market"])
     assert multi._pool is pool and len(pool[1]["processes"]) == 2
+
+
+def test_cuda_in_a_forked_worker_is_a_clear_error(monkeypatch):
+    """The guard for annif --jobs N: a worker forked after CUDA started in
+    its parent refuses clearly (torch's own flag, simulated here on CPU)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "_is_in_bad_fork", lambda: True)
+    with pytest.raises(OperationFailedException, match="--jobs 1"):
+        resolve_device("cuda:0")
+    monkeypatch.setattr(torch.cuda, "_is_in_bad_fork", lambda: False)
+    assert resolve_device("cuda:0,cuda:1") == ["cuda:0", "cuda:1"]
