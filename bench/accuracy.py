@@ -28,6 +28,7 @@ from common import (BENCH, DATA_ROOT, DATASETS, RESULTS, machine_facts, markdown
 BIN = Path(sys.executable).parent
 PROJECTS = {
     "ebm": "backend=ebm",
+    "ebm-static": "backend=ebm\nstatic_embedding=true",
     "tfidf": "backend=tfidf\nanalyzer=snowball(english)",
     "mllm": "backend=mllm\nanalyzer=snowball(english)",
     "omikuji": "backend=omikuji\nanalyzer=snowball(english)",

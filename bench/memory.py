@@ -29,6 +29,9 @@ def main() -> None:
                         help="ebm4subjects runs only with --reference-python")
     parser.add_argument("--workdir", type=Path, default=BENCH / "work" / "memory")
     parser.add_argument("--reference-threads", type=int, default=os.cpu_count())
+    parser.add_argument("--name", default="ebm",
+                        help="system name in the table (e.g. for an older checkout "
+                             "put first on PYTHONPATH)")
     parser.add_argument("--ebm-params", default="",
                         help="extra ebm project lines, e.g. 'max_train_docs=0'")
     args = parser.parse_args()
@@ -52,9 +55,12 @@ def main() -> None:
             train.write_text("".join(itertools.islice(src, size)), encoding="utf-8")
         new_rows = []
         if "ebm" in systems:
+            # cold: no embedding cache from an earlier size
+            for cached in (workdir / "data" / "projects" / "ebm").glob("ebm-train-embeddings*"):
+                cached.unlink()
             run = timed_run([annif, "train", "ebm", str(train)], env,
                             log=workdir / f"train-ebm-{size}.log")
-            new_rows.append({"system": "ebm", "params": args.ebm_params, "documents": size,
+            new_rows.append({"system": args.name, "params": args.ebm_params, "documents": size,
                              "train_s": run["wall_s"], "peak_rss_mb": run["peak_rss_mb"],
                              "docs_per_s": size / run["wall_s"]})
         if args.reference_python and "ebm4subjects" in systems:
