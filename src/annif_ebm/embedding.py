@@ -2,7 +2,8 @@
 
 Chunks are embedded as *queries* and vocabulary labels as *documents*, each
 with its own optional prompt (asymmetric models such as E5 need both).
-Embeddings come back L2-normalised as float32 numpy arrays.
+Embeddings come back L2-normalised as float32 numpy arrays. With ``api_url``
+set the model runs on an OpenAI-compatible server instead (see api_client).
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ import threading
 import numpy as np
 
 from annif import logger
-from annif.exception import OperationFailedException
+from annif.exception import ConfigurationException, OperationFailedException
 
+from .api_client import ApiClient
 from .params import AUTO_BATCH_SIZE, DEFAULT_MODEL, EbmParams
 
 
@@ -77,16 +79,42 @@ def resolve_dtype(dtype: str, devices: list[str]):
     return getattr(torch, dtype)
 
 
+def _check_no_static_with_api(params: EbmParams) -> None:
+    if params.api_url and params.static_embedding:
+        raise ConfigurationException(
+            "static_embedding=true cannot be used with api_url: the static model "
+            "runs in this process; use one or the other"
+        )
+
+
 class Embedder:
-    """A loaded sentence-transformers model with the encode settings."""
+    """A loaded sentence-transformers model with the encode settings, or
+    (``api_url`` set) a client of an embeddings server. ``source`` names
+    either for messages."""
 
     def __init__(self, params: EbmParams, location: str | None = None) -> None:
         """``location``: a saved model to load instead of ``params.model``
         (the project's distilled static model)."""
+        self.params = params
+        self.client: ApiClient | None = None
+        self._lock = threading.Lock()
+        self._pool = None  # (pid, multi-device worker pool)
+        if params.api_url:
+            _check_no_static_with_api(params)
+            self.client = ApiClient(params)
+            self.devices = ["cpu"]  # label search runs here
+            self.batch_size = params.api_batch_size
+            self.source = f"embeddings server {self.client.url} (model '{self.client.model}')"
+            logger.info("embedding through %s", self.source)
+        else:
+            self._load_model(params, location)
+            self.source = f"embedding model '{params.model}'"
+        self.dimension = self.encode_queries(["dimension probe"]).shape[1]
+
+    def _load_model(self, params: EbmParams, location: str | None) -> None:
         import torch
         from sentence_transformers import SentenceTransformer
 
-        self.params = params
         self.devices = resolve_device(params.device)
         if params.torch_threads:
             torch.set_num_threads(params.torch_threads)
@@ -111,9 +139,6 @@ class Embedder:
             ) from err
         self.batch_size = params.batch_size or AUTO_BATCH_SIZE[
             "cuda" if self.devices[0].startswith("cuda") else "cpu"]
-        self._lock = threading.Lock()
-        self._pool = None  # (pid, multi-device worker pool)
-        self.dimension = self.encode_queries(["dimension probe"]).shape[1]
 
     def _prompt(self, prompt: str, prompt_name: str) -> dict:
         if prompt:
@@ -137,8 +162,11 @@ class Embedder:
         if not texts:
             return np.zeros((0, getattr(self, "dimension", 0)), dtype=np.float32)
         unique, inverse = np.unique(np.asarray(texts, dtype=object), return_inverse=True)
-        with self._lock:  # torch modules are not safe for concurrent forward passes
-            vectors = self._encode_with_retry(list(unique), prompt, progress)
+        if self.client is not None:
+            vectors = self.client.encode(list(unique), prompt.get("prompt", ""))
+        else:
+            with self._lock:  # torch modules are not safe for concurrent forward passes
+                vectors = self._encode_with_retry(list(unique), prompt, progress)
         vectors = np.asarray(vectors, dtype=np.float32)
         if not np.isfinite(vectors).all():
             raise OperationFailedException(
@@ -185,6 +213,7 @@ class Embedder:
 def distill_static_model(params: EbmParams, path: str) -> None:
     """Distill ``params.model`` into a static embedding model saved at ``path``
     (model2vec: one vector per token, averaged; no transformer at run time)."""
+    _check_no_static_with_api(params)
     try:
         from model2vec.distill import distill  # noqa: F401
     except ImportError:
