@@ -1,12 +1,19 @@
 import numpy as np
 import pytest
 
-from annif_ebm.features import FEATURE_NAMES, candidate_features, feature_matrix, hits_frame
+from annif_ebm.features import (
+    FEATURE_NAMES, LABEL_MATCH_FEATURES, candidate_features, feature_matrix, finish_features,
+    hits_frame,
+)
 
 
 def hits(rows):
-    columns = list(zip(*rows)) if rows else [[]] * 7
-    names = ["doc", "chunk", "label_id", "concept_id", "is_pref", "score", "rank"]
+    """Hit rows (doc, chunk, label_id, concept_id, is_pref, score, rank[,
+    label_tokens, concept_labels]); label features default to 1 and 2."""
+    rows = [tuple(row) + (1, 2)[len(row) - 7:] for row in rows]
+    columns = list(zip(*rows)) if rows else [[]] * 9
+    names = ["doc", "chunk", "label_id", "concept_id", "is_pref", "score", "rank",
+             "label_tokens", "concept_labels"]
     return hits_frame(**{n: np.array(c) for n, c in zip(names, columns)})
 
 
@@ -60,6 +67,6 @@ def test_documents_are_kept_apart_and_docs_without_hits_have_no_rows():
 def test_no_hits_gives_an_empty_frame_with_the_schema():
     frame = candidate_features(hits([]), np.array([0, 0]), candidates_per_doc=5)
     assert frame.height == 0
-    assert frame.columns == ["doc", "concept_id", *FEATURE_NAMES]
-    assert feature_matrix(frame).shape == (0, len(FEATURE_NAMES))
+    assert frame.columns == ["doc", "concept_id", *LABEL_MATCH_FEATURES]
+    assert feature_matrix(finish_features(frame)).shape == (0, len(FEATURE_NAMES))
     assert candidate_features(hits([]), np.array([], dtype=int), 5).height == 0

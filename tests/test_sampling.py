@@ -43,3 +43,16 @@ def test_coverage_beats_random_sampling_on_a_long_tail():
     random_covered = len({s for i in random_pick for s in subjects[i]})
     assert sample.n_selected == 1000
     assert sample.n_covered > 1.3 * random_covered
+
+
+def test_knn_documents_beyond_the_sample():
+    subjects = [[1], [], [2], [1], [3], [1], []]
+    sample = choose_documents(subjects, 2)
+    everything = sample.others(0)
+    assert not (everything & sample.selected).any()
+    assert np.flatnonzero(everything | sample.selected).tolist() == [0, 2, 3, 4, 5]
+    capped = sample.others(4)
+    assert capped.sum() == 2 and not (capped & sample.selected).any()
+    assert not capped[[1, 6]].any()  # never documents without subjects
+    np.testing.assert_array_equal(capped, sample.others(4))
+    assert sample.others(1).sum() == 0  # the sample alone is already more

@@ -63,7 +63,7 @@ def test_chunks_embedded_once_and_read_back_by_document(tmp_path, embedder):
     assert run.n_docs == 3
     assert run.embed_chunks(SPACE_B, embedder.dimension, encode, False) == 2
     assert sorted(encode.texts) == ["Neural networks learn.", "Wages and jobs."]
-    batches = list(run.chunk_batches(2))
+    batches = list(run.chunk_batches(2, run.n_docs))
     assert [b[0] for b in batches] == [0, 2]
     first, doc, position, n_chunks, vectors = batches[0]
     assert doc.tolist() == [0, 0] and position.tolist() == [0, 1] and n_chunks.tolist() == [2, 0]

@@ -22,7 +22,8 @@ from annif.suggestion import SuggestionBatch
 from . import cache, model_files
 from .embedding import Embedder, distill_static_model
 from .features import FEATURE_NAMES, feature_matrix
-from .labels import vocabulary_labels
+from .knn import TrainingDocuments, pool_documents
+from .labels import vocabulary_labels, vocabulary_relations
 from .params import EbmParams, Kind
 from .pipeline import CandidateGenerator
 from .ranker import Ranker
@@ -58,7 +59,8 @@ def _embedder_key(params: EbmParams) -> str:
     """What an Embedder depends on: model settings and where/how it runs."""
     names = [f.name for f in params.specs(Kind.MODEL)] + [
         "device", "dtype", "batch_size", "torch_threads", "trust_remote_code",
-        "model_kwargs",
+        "model_kwargs", "api_url", "api_model", "api_key_env", "api_batch_size",
+        "api_concurrency", "api_timeout", "api_retries",
     ]
     return json.dumps({name: getattr(params, name) for name in names}, sort_keys=True)
 
@@ -147,13 +149,14 @@ class EbmBackend(AnnifBackend):
             return self._model
 
     def initialize(self, parallel: bool = False) -> None:
-        """Load the model files; with exact search also the label matrix, which
-        forked ``--jobs`` workers then share. The embedding model loads on first
-        use, with the device of that call's parameters."""
+        """Load the model files; with exact search also the label matrix, and
+        the training documents, which forked ``--jobs`` workers then share.
+        The embedding model loads on first use, with that call's device."""
         model = self._load_model()
         params, _ = self._parse(self.params)
         if params.search == "exact":
             model.store.label_matrix()
+        model.store.training_documents()
 
     # ---- training ----
 
@@ -207,7 +210,7 @@ class EbmBackend(AnnifBackend):
                 feature_names=list(FEATURE_NAMES),
                 train_params=p.of_kind(Kind.TRAIN),
                 n_labels=len(labels),
-                n_train_docs=run.n_docs,
+                n_train_docs=sample.n_selected,
                 static_model_dir=static_dir,
             )
             self._fit_and_commit(metadata, p, train_path, run.publish)
@@ -237,6 +240,7 @@ class EbmBackend(AnnifBackend):
         write_store(
             os.path.join(self.datadir, model_files.tmp_name(store_file)),
             labels, vectors, p.model,
+            relations=vocabulary_relations(self.project.vocab.skos.graph, self.project.subjects),
             hnsw=p.hnsw, hnsw_m=p.hnsw_m,
             hnsw_ef_construction=p.hnsw_ef_construction,
             threads=p.duckdb_threads,
@@ -245,15 +249,21 @@ class EbmBackend(AnnifBackend):
 
     def _collect_training_data(self, corpus, sample, generator: CandidateGenerator,
                                run: TrainingRun, p: EbmParams, static_dir: str) -> None:
-        """Chunk the sampled documents, embed new chunks, store candidates."""
-        selected = (doc for doc, keep in zip(_documents(corpus), sample.selected) if keep)
-        with tqdm(total=sample.n_selected, desc="chunk train documents", unit="doc",
-                  disable=not _show_progress()) as bar:
-            for batch in _batched(selected, TRAIN_BATCH_DOCS):
-                chunked = generator.chunk([doc.text for doc in batch])
-                run.add_documents(chunked.doc, chunked.position, chunked.chunks,
-                                  [list(doc.subject_set) for doc in batch])
-                bar.update(len(batch))
+        """Chunk the sampled documents (then, for kNN, further ones), embed new
+        chunks, store the training documents and the sample's candidates."""
+        disabled = p.disabled_feature_families()
+        passes = [("chunk train documents", sample.selected)]
+        if "knn" not in disabled:
+            passes.append(("chunk kNN documents", sample.others(p.knn_docs)))
+        for description, chosen in passes:
+            documents = (doc for doc, keep in zip(_documents(corpus), chosen) if keep)
+            with tqdm(total=int(chosen.sum()), desc=description, unit="doc",
+                      disable=not _show_progress()) as bar:
+                for batch in _batched(documents, TRAIN_BATCH_DOCS):
+                    chunked = generator.chunk([doc.text for doc in batch])
+                    run.add_documents(chunked.doc, chunked.position, chunked.chunks,
+                                      [list(doc.subject_set) for doc in batch])
+                    bar.update(len(batch))
         embedder = generator.embedder
         with generator.stage("embed"):
             embedded = run.embed_chunks(
@@ -261,16 +271,31 @@ class EbmBackend(AnnifBackend):
                 embedder.encode_queries, _show_progress(),
             )
         self.info(f"embedded {embedded} new chunks (the rest from the embedding cache)")
-        with tqdm(total=run.n_docs, desc="train candidates", unit="doc",
+        if "knn" not in disabled or "prior" not in disabled:
+            generator.store.add_training_documents(self._training_documents(run, embedder.dimension))
+            self.info(f"stored {run.n_docs} training documents for kNN and priors")
+        # the sample's documents come first in the run: 0 .. n_selected - 1
+        with tqdm(total=sample.n_selected, desc="train candidates", unit="doc",
                   disable=not _show_progress()) as bar:
-            for first, doc, position, n_chunks, vectors in run.chunk_batches(TRAIN_BATCH_DOCS):
-                candidates = generator.candidates_from_vectors(doc, position, n_chunks, vectors)
+            for first, doc, position, n_chunks, vectors in run.chunk_batches(
+                    TRAIN_BATCH_DOCS, sample.n_selected):
+                own_docs = np.arange(first, first + len(n_chunks))
+                candidates = generator.candidates_from_vectors(
+                    doc, position, n_chunks, vectors, own_docs)
                 run.add_candidates(first, first + len(n_chunks), candidates)
                 bar.update(len(n_chunks))
         self.info(
-            f"collected {run.n_rows} candidates from {run.n_docs} documents; "
+            f"collected {run.n_rows} candidates from {sample.n_selected} documents; "
             f"stage seconds: { {k: round(v, 2) for k, v in generator.stage_seconds.items()} }"
         )
+
+    @staticmethod
+    def _training_documents(run: TrainingRun, dimension: int) -> TrainingDocuments:
+        """The run's documents as pooled chunk vectors with their gold subjects."""
+        vectors = np.zeros((run.n_docs, dimension), dtype=np.float32)
+        for first, doc, _, n_chunks, chunk_vectors in run.chunk_batches(TRAIN_BATCH_DOCS, run.n_docs):
+            vectors[first : first + len(n_chunks)] = pool_documents(doc, chunk_vectors, len(n_chunks))
+        return TrainingDocuments.from_pairs(vectors, *run.gold_pairs())
 
     def _train_cached(self, p: EbmParams, explicit: set) -> None:
         self.info("reusing cached training candidates from previous run")
@@ -322,8 +347,10 @@ class EbmBackend(AnnifBackend):
         )
         if embedder.dimension != model.store.dimension:
             raise OperationFailedException(
-                f"embedding model '{p.model}' gives {embedder.dimension} dimensions, "
-                f"the label store has {model.store.dimension}"
+                f"{embedder.source} gives {embedder.dimension} dimensions, the label store "
+                f"has {model.store.dimension}"
+                + ("; the server must serve the model the project was trained with"
+                   if p.api_url else "")
             )
         generator = CandidateGenerator(self.project.language, embedder, model.store, p)
         candidates = generator.candidates([doc.text for doc in documents])

@@ -11,6 +11,8 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
+from .labels import BROADER, NARROWER, RELATED
+
 FEATURE_NAMES = (
     "n_chunks",  # chunks in the document
     "hit_ratio",  # chunks that hit the concept / n_chunks
@@ -28,7 +30,37 @@ FEATURE_NAMES = (
     "n_labels",  # distinct labels of the concept that matched
     "gap_to_best",  # max_score minus the document's best max_score
     "doc_rank",  # rank of the concept by score_sum within the document
+    # label family: the matched labels
+    "label_tokens",  # tokens in the best-matching label of the concept
+    "concept_labels",  # labels the concept has in the store
+    # knn family: subjects of the nearest training documents (see knn.py)
+    "knn_score_sum",  # summed similarity of the neighbours with the subject
+    "knn_count",  # neighbours with the subject
+    "knn_best",  # best similarity of such a neighbour
+    "knn_rank",  # rank of the nearest such neighbour (0 = nearest)
+    "knn_share",  # knn_score_sum / summed similarity of all neighbours
+    # prior family
+    "prior",  # log(1 + training documents with the subject)
+    # hierarchy family: other candidates related to the concept in the vocabulary
+    "broader_best",  # best max_score among candidates broader than the concept
+    "narrower_best",
+    "related_best",
+    "related_candidates",  # candidates linked to the concept by any relation
 )
+
+# Features that a switch in the parameters turns off (they are then missing,
+# which XGBoost handles natively).
+FEATURE_FAMILIES = {
+    "label": ("label_tokens", "concept_labels"),
+    "knn": ("knn_score_sum", "knn_count", "knn_best", "knn_rank", "knn_share"),
+    "prior": ("prior",),
+    "hierarchy": ("broader_best", "narrower_best", "related_best", "related_candidates"),
+}
+LABEL_MATCH_FEATURES = tuple(
+    name for name in FEATURE_NAMES
+    if name not in {n for names in FEATURE_FAMILIES.values() for n in names}
+) + FEATURE_FAMILIES["label"]
+
 
 # One row per retrieved (chunk, label); the only schema of the hit table.
 HITS_SCHEMA = {
@@ -39,6 +71,8 @@ HITS_SCHEMA = {
     "is_pref": pl.Boolean,
     "score": pl.Float32,
     "rank": pl.UInt16,
+    "label_tokens": pl.UInt16,
+    "concept_labels": pl.UInt16,
 }
 
 
@@ -72,6 +106,8 @@ def candidate_features(
             scaled=(pl.col("score") / pl.col("chunk_best")).max(),
             rank=pl.col("rank").min(),
             via_pref=pl.col("is_pref").any(),
+            label_tokens=pl.col("label_tokens").sort_by("score").last(),
+            concept_labels=pl.col("concept_labels").first(),
         )
     )
     labels_matched = (
@@ -93,6 +129,8 @@ def candidate_features(
             first=pl.col("chunk").min(),
             last=pl.col("chunk").max(),
             pref_ratio=pl.col("via_pref").cast(pl.Float32).mean(),
+            label_tokens=pl.col("label_tokens").sort_by("score").last(),
+            concept_labels=pl.col("concept_labels").first(),
         )
         .join(labels_matched, on=["doc", "concept_id"], how="left")
         .join(docs.lazy(), on="doc", how="left")
@@ -113,10 +151,66 @@ def candidate_features(
         .select(
             "doc",
             "concept_id",
-            *[pl.col(name).cast(pl.Float32) for name in FEATURE_NAMES],
+            *[pl.col(name).cast(pl.Float32) for name in LABEL_MATCH_FEATURES],
         )
     )
     return features.collect()
+
+
+def merge_candidates(label_matches: pl.DataFrame, knn: pl.DataFrame | None,
+                     n_chunks: np.ndarray) -> pl.DataFrame:
+    """One row per (document, concept) of either source: label-match
+    features where the concept's labels matched, kNN features where
+    neighbours had it, missing (null) otherwise."""
+    if knn is None:
+        return label_matches
+    merged = label_matches.drop("n_chunks").join(
+        knn, on=["doc", "concept_id"], how="full", coalesce=True)
+    docs = pl.DataFrame({
+        "doc": pl.Series(np.arange(len(n_chunks)), dtype=pl.UInt32),
+        "n_chunks": pl.Series(n_chunks, dtype=pl.Float32),
+    })
+    return merged.join(docs, on="doc", how="left").sort("doc", "concept_id")
+
+
+def hierarchy_features(candidates: pl.DataFrame, relations: pl.DataFrame) -> pl.DataFrame:
+    """For each candidate, the best ``max_score`` of the document's other
+    candidates that are broader, narrower or related to it, and how many
+    candidates are linked to it. ``relations``: concept_id, other_id, relation."""
+    others = candidates.select(
+        "doc", other_id="concept_id",
+        other_score=pl.coalesce("max_score", "knn_best", pl.lit(0.0, pl.Float32)),
+    )
+    linked = (
+        candidates.select("doc", "concept_id")
+        .join(relations, on="concept_id")
+        .join(others, on=["doc", "other_id"])
+        .group_by("doc", "concept_id")
+        .agg(
+            broader_best=pl.col("other_score").filter(pl.col("relation") == BROADER).max(),
+            narrower_best=pl.col("other_score").filter(pl.col("relation") == NARROWER).max(),
+            related_best=pl.col("other_score").filter(pl.col("relation") == RELATED).max(),
+            related_candidates=pl.col("other_id").n_unique().cast(pl.Float32),
+        )
+    )
+    return candidates.drop(FEATURE_FAMILIES["hierarchy"], strict=False).join(
+        linked, on=["doc", "concept_id"], how="left").with_columns(
+        pl.col("related_candidates").fill_null(0.0))
+
+
+def finish_features(candidates: pl.DataFrame, disabled: tuple[str, ...] = ()) -> pl.DataFrame:
+    """All of :data:`FEATURE_NAMES` as Float32, in order; features missing
+    from ``candidates`` or of a ``disabled`` family are null."""
+    off = {name for family in disabled for name in FEATURE_FAMILIES[family]}
+    return candidates.select(
+        pl.col("doc").cast(pl.UInt32),
+        pl.col("concept_id").cast(pl.Int32),
+        *[
+            (pl.col(name) if name in candidates.columns and name not in off
+             else pl.lit(None)).cast(pl.Float32).alias(name)
+            for name in FEATURE_NAMES
+        ],
+    )
 
 
 def feature_matrix(candidates: pl.DataFrame) -> np.ndarray:

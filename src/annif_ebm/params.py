@@ -175,6 +175,27 @@ class EbmParams:
         256, Kind.MODEL, _int_at_least(0), "PCA dimensions of the static model; 0 = all"
     )
 
+    knn_neighbors: int = _param(
+        20,
+        Kind.MODEL,
+        _int_at_least(0),
+        "nearest training documents whose subjects become candidates (kNN); the "
+        "training documents are stored in the project; 0 = off",
+    )
+    use_prior: bool = _param(
+        True, Kind.MODEL, _bool,
+        "feature: how often a concept occurs in the training documents' subjects",
+    )
+    use_hierarchy: bool = _param(
+        True, Kind.MODEL, _bool,
+        "features: best scores of broader/narrower/related concepts among the "
+        "candidates (from the SKOS vocabulary, where it has such links)",
+    )
+    use_label_features: bool = _param(
+        True, Kind.MODEL, _bool,
+        "features: tokens of the matched label, number of labels of the concept",
+    )
+
     # --- training: ranker and index build ---
     xgb_rounds: int = _param(300, Kind.TRAIN, _int_at_least(1), "boosting rounds")
     xgb_eta: float = _param(0.05, Kind.TRAIN, _float_in(1e-6, 1.0), "learning rate")
@@ -188,6 +209,13 @@ class EbmParams:
         _int_at_least(0),
         "train the ranker on at most N documents, chosen to cover as many distinct "
         "gold subjects as possible (it saturates early); 0 = all",
+    )
+    knn_docs: int = _param(
+        100_000,
+        Kind.TRAIN,
+        _int_at_least(0),
+        "training documents kept for kNN (the ranker's sample plus others at random); "
+        "each is embedded once and kept as one vector in the project; 0 = all",
     )
     hnsw: bool = _param(
         False, Kind.TRAIN, _bool, "build a DuckDB HNSW index over the label vectors"
@@ -241,6 +269,10 @@ class EbmParams:
     candidates_per_doc: int = _param(
         100, Kind.RUNTIME, _int_at_least(1), "candidate concepts ranked per document"
     )
+    knn_candidates: int = _param(
+        20, Kind.RUNTIME, _int_at_least(1),
+        "kNN candidate concepts per document (with knn_neighbors > 0)",
+    )
     search: str = _param(
         "exact",
         Kind.RUNTIME,
@@ -251,6 +283,42 @@ class EbmParams:
         64, Kind.RUNTIME, _int_at_least(1), "HNSW ef_search (search=hnsw)"
     )
     limit: int = _param(100, Kind.RUNTIME, _int_at_least(0), "suggestions per document")
+
+    # --- embedding through an OpenAI-compatible server (runtime, too) ---
+    api_url: str = _param(
+        "",
+        Kind.RUNTIME,
+        _text,
+        "base URL of an OpenAI-compatible embeddings server (vLLM, TEI, Infinity, "
+        "Ollama), e.g. `http://gpu1:8000/v1`; empty = embed in this process. The "
+        "server must serve `model` (the dimension is checked against the stored one)",
+    )
+    api_model: str = _param(
+        "", Kind.RUNTIME, _text, "model name the server expects; empty = `model`"
+    )
+    api_key_env: str = _param(
+        "",
+        Kind.RUNTIME,
+        _text,
+        "name of the environment variable holding the API key (the key itself "
+        "is never written anywhere); empty = no key",
+    )
+    api_batch_size: int = _param(
+        64, Kind.RUNTIME, _int_at_least(1), "texts per embeddings request"
+    )
+    api_concurrency: int = _param(
+        4, Kind.RUNTIME, _int_at_least(1), "embeddings requests in flight at once"
+    )
+    api_timeout: float = _param(
+        60.0, Kind.RUNTIME, _float_in(0.1, 3600.0), "seconds to wait for one request"
+    )
+    api_retries: int = _param(
+        5,
+        Kind.RUNTIME,
+        _int_at_least(0),
+        "retries of a failed request (429, 5xx, connection errors, timeouts) "
+        "with exponential backoff; then a clear error",
+    )
 
     @classmethod
     def specs(cls, kind: Kind | None = None) -> list[dataclasses.Field]:
@@ -288,6 +356,16 @@ class EbmParams:
 
     def of_kind(self, kind: Kind) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in self.specs(kind)}
+
+    def disabled_feature_families(self) -> tuple[str, ...]:
+        """Feature families (features.FEATURE_FAMILIES) switched off."""
+        switches = {
+            "label": self.use_label_features,
+            "knn": self.knn_neighbors > 0,
+            "prior": self.use_prior,
+            "hierarchy": self.use_hierarchy,
+        }
+        return tuple(family for family, on in switches.items() if not on)
 
     def model_settings(self) -> dict[str, Any]:
         """The model-defining settings, as stored in the model metadata."""

@@ -19,7 +19,9 @@ import polars as pl
 
 from .chunking import Chunker
 from .embedding import Embedder
-from .features import candidate_features, hits_frame
+from .features import (candidate_features, finish_features, hierarchy_features,
+                       hits_frame, merge_candidates)
+from .knn import pool_documents
 from .params import EbmParams
 from .store import LabelStore
 
@@ -75,8 +77,34 @@ class CandidateGenerator:
                                             chunked.n_chunks, vectors)
 
     def candidates_from_vectors(self, doc: np.ndarray, position: np.ndarray,
-                                n_chunks: np.ndarray, vectors: np.ndarray) -> pl.DataFrame:
-        """Search and features for embedded chunks (see :class:`ChunkedTexts`)."""
+                                n_chunks: np.ndarray, vectors: np.ndarray,
+                                own_docs: np.ndarray | None = None) -> pl.DataFrame:
+        """Candidates with all features for embedded chunks (see
+        :class:`ChunkedTexts`). ``own_docs``: while making the ranker's
+        training data, each text's index among the stored training documents,
+        left out of its own kNN neighbours and prior."""
+        p = self.params
+        disabled = p.disabled_feature_families()
+        candidates = self._label_matches(doc, position, n_chunks, vectors)
+        training = self.store.training_documents() if "knn" not in disabled or (
+            "prior" not in disabled) else None
+        if training is not None and "knn" not in disabled:
+            with self.stage("knn"):
+                pooled = pool_documents(doc, vectors, len(n_chunks))
+                knn = training.candidates(pooled, p.knn_neighbors, p.knn_candidates, own_docs)
+                candidates = merge_candidates(candidates, knn, n_chunks)
+        with self.stage("features"):
+            if training is not None and "prior" not in disabled:
+                own = None if own_docs is None else own_docs[candidates["doc"].to_numpy()]
+                prior = training.prior(candidates["concept_id"].to_numpy(), own)
+                candidates = candidates.with_columns(prior=pl.Series(prior, dtype=pl.Float32))
+            if len(self.store.relations) and "hierarchy" not in disabled:
+                candidates = hierarchy_features(candidates, self.store.relations.frame())
+            return finish_features(candidates, disabled)
+
+    def _label_matches(self, doc: np.ndarray, position: np.ndarray,
+                       n_chunks: np.ndarray, vectors: np.ndarray) -> pl.DataFrame:
+        """Candidates from the nearest labels of each chunk."""
         p = self.params
         device = self.embedder.devices[0] if self.embedder is not None else "cpu"
         with self.stage("search"):
@@ -92,6 +120,8 @@ class CandidateGenerator:
                 label_id=label,
                 concept_id=self.store.concept_ids[label],
                 is_pref=self.store.is_pref[label],
+                label_tokens=self.store.label_tokens[label],
+                concept_labels=self.store.concept_labels[label],
                 score=score,
                 rank=rank.astype(np.uint16),
             )

@@ -24,6 +24,7 @@ class Sample:
     n_with_subjects: int
     n_subjects: int  # distinct gold subjects in the corpus
     n_covered: int  # of these, in the sample
+    has_subjects: np.ndarray  # bool per corpus document
 
     @property
     def n_selected(self) -> int:
@@ -35,6 +36,17 @@ class Sample:
             f"({self.n_documents - self.n_with_subjects} have no subjects), covering "
             f"{self.n_covered} of {self.n_subjects} distinct gold subjects"
         )
+
+    def others(self, max_docs: int) -> np.ndarray:
+        """Documents with subjects outside the sample, as many as make at most
+        ``max_docs`` with the sample (0 = all), chosen at random (seeded)."""
+        spare = np.flatnonzero(self.has_subjects & ~self.selected)
+        if max_docs:
+            room = max(0, min(len(spare), max_docs - self.n_selected))
+            spare = np.random.default_rng(SEED).choice(spare, size=room, replace=False)
+        chosen = np.zeros(self.n_documents, dtype=bool)
+        chosen[spare] = True
+        return chosen
 
 
 def choose_documents(subject_sets: Iterable[Iterable[int]], max_docs: int) -> Sample:
@@ -60,7 +72,7 @@ def choose_documents(subject_sets: Iterable[Iterable[int]], max_docs: int) -> Sa
             rng = np.random.default_rng(SEED)
             selected[rng.choice(spare, size=room, replace=False)] = True
     covered = np.unique(subject_of[selected[doc_of]])
-    return Sample(selected, len(lengths), n_with, len(distinct), len(covered))
+    return Sample(selected, len(lengths), n_with, len(distinct), len(covered), has_subjects)
 
 
 def _cover(subject_of: np.ndarray, doc_of: np.ndarray, n_docs: int, max_docs: int) -> np.ndarray:

@@ -21,10 +21,12 @@ import polars as pl
 
 from annif.exception import OperationFailedException
 
-from .labels import LabelSet
+from .knn import TrainingDocuments
+from .labels import LabelSet, Relations
 
 EXACT_QUERY_BLOCK = 1024  # chunk vectors per matrix product, at most
 SCORE_BUFFER_BYTES = 64 << 20  # per thread and device, for the block's scores
+INSERT_ROWS = 10_000  # vectors copied into DuckDB at a time
 
 
 def vss_extension_path() -> pathlib.Path:
@@ -65,6 +67,7 @@ def write_store(
     vectors: np.ndarray,
     model_id: str,
     *,
+    relations: Relations | None = None,
     hnsw: bool = False,
     hnsw_m: int = 16,
     hnsw_ef_construction: int = 128,
@@ -93,6 +96,11 @@ def write_store(
         )
         con.register("new_labels", frame)
         con.execute("INSERT INTO store.labels SELECT * FROM new_labels")
+        relations = relations or Relations.empty()
+        con.execute("CREATE TABLE store.relations "
+                    "(concept_id INTEGER, other_id INTEGER, relation TINYINT)")
+        con.register("new_relations", relations.frame())
+        con.execute("INSERT INTO store.relations SELECT * FROM new_relations")
         con.execute("CREATE TABLE store.meta (key VARCHAR PRIMARY KEY, value VARCHAR)")
         con.executemany(
             "INSERT INTO store.meta VALUES (?, ?)",
@@ -120,13 +128,26 @@ class LabelStore:
         with self._connect() as con:
             meta = dict(con.execute("SELECT key, value FROM store.meta").fetchall())
             columns = con.execute(
-                "SELECT concept_id, is_pref FROM store.labels ORDER BY label_id"
+                "SELECT concept_id, is_pref, len(string_split(trim(label), ' ')) AS tokens "
+                "FROM store.labels ORDER BY label_id"
             ).fetchnumpy()
+            relations = con.execute(
+                "SELECT concept_id, other_id, relation FROM store.relations"
+            ).fetchnumpy()
+            tables = {row[0] for row in con.execute(
+                "SELECT table_name FROM duckdb_tables() WHERE database_name = 'store'"
+            ).fetchall()}
         self.model_id = meta["model"]
         self.dimension = int(meta["dimension"])
         self.has_hnsw = meta.get("hnsw") == "True"
         self.concept_ids = np.asarray(columns["concept_id"], dtype=np.int32)
         self.is_pref = np.asarray(columns["is_pref"], dtype=bool)
+        self.label_tokens = np.minimum(np.asarray(columns["tokens"]), 65535).astype(np.uint16)
+        labels_of_concept = np.bincount(self.concept_ids) if len(self.concept_ids) else np.zeros(0)
+        self.concept_labels = np.minimum(labels_of_concept[self.concept_ids], 65535).astype(np.uint16)
+        self.relations = Relations(**{k: np.asarray(v) for k, v in relations.items()})
+        self.has_training_documents = "train_docs" in tables
+        self._training_documents = None
         self._matrix = {}
         self._buffers = threading.local()
         self._lock = threading.Lock()
@@ -162,6 +183,47 @@ class LabelStore:
 
     def __len__(self) -> int:
         return len(self.concept_ids)
+
+    def add_training_documents(self, documents: TrainingDocuments) -> None:
+        """Store the training documents (kNN and priors) in the file; only
+        while training, before anything reads the store."""
+        dim = documents.vectors.shape[1]
+        doc = np.repeat(np.arange(len(documents), dtype=np.int32), np.diff(documents.offsets))
+        con = _connect(self.threads)
+        try:
+            con.execute(f"ATTACH {_quoted(self.path)} AS store")
+            con.execute(f"CREATE TABLE store.train_docs (doc INTEGER, vec FLOAT[{dim}])")
+            con.execute("CREATE TABLE store.train_subjects (doc INTEGER, concept_id INTEGER)")
+            for start in range(0, len(documents), INSERT_ROWS):  # bounded copies
+                vectors = documents.vectors[start : start + INSERT_ROWS]
+                con.register("new_docs", pl.DataFrame({
+                    "doc": np.arange(start, start + len(vectors), dtype=np.int32),
+                    "vec": vectors}))
+                con.execute("INSERT INTO store.train_docs SELECT * FROM new_docs")
+                con.unregister("new_docs")
+            con.register("new_subjects", pl.DataFrame({"doc": doc, "concept_id": documents.subjects}))
+            con.execute("INSERT INTO store.train_subjects SELECT * FROM new_subjects")
+            con.execute("CHECKPOINT store")
+        finally:
+            con.close()
+        with self._lock:
+            self.has_training_documents = True
+            self._training_documents = documents
+
+    def training_documents(self) -> TrainingDocuments | None:
+        """The stored training documents (read once), or None."""
+        with self._lock:
+            if self._training_documents is None and self.has_training_documents:
+                with self._connect() as con:
+                    table = con.execute(
+                        "SELECT vec FROM store.train_docs ORDER BY doc").to_arrow_table()
+                    pairs = con.execute(
+                        "SELECT doc, concept_id FROM store.train_subjects").fetchnumpy()
+                flat = table.column("vec").combine_chunks().values.to_numpy()
+                vectors = flat.astype(np.float32).reshape(table.num_rows, -1)
+                self._training_documents = TrainingDocuments.from_pairs(
+                    vectors, np.asarray(pairs["doc"]), np.asarray(pairs["concept_id"]))
+            return self._training_documents
 
     def label_matrix(self, device: str = "cpu"):
         """All label vectors as a torch tensor on ``device`` (read once)."""

@@ -26,7 +26,10 @@ from .features import FEATURE_NAMES
 from .model_files import tmp_name
 
 TRAIN_FILE = "ebm-train.duckdb"
-DUCKDB_MEMORY_LIMIT = "1GB"  # DuckDB spills joins and sorts to disk beyond this
+# DuckDB's buffer pool for the run: it spills joins and sorts to disk beyond
+# this, and otherwise keeps table pages cached up to it, so it bounds how much
+# memory the run's tables take however large the corpus
+DUCKDB_MEMORY_LIMIT = "256MB"
 RANKER_BATCH_DOCS = 5000  # documents per batch when the ranker reads candidates
 
 _CANDIDATE_COLUMNS = ", ".join(f"{name} FLOAT" for name in FEATURE_NAMES)
@@ -106,6 +109,7 @@ class TrainingRun:
     def embed_chunks(self, table: str, dimension: int,
                      encode: Callable[[list[str]], np.ndarray], progress: bool) -> int:
         """Embed the chunks not in the cache yet; return how many."""
+        self._dimension = dimension
         embedded = cache.fill(self._con, "SELECT text FROM chunks", table, dimension,
                               encode, "train chunks", progress)
         self._con.execute(
@@ -115,11 +119,12 @@ class TrainingRun:
         )
         return embedded
 
-    def chunk_batches(self, docs_per_batch: int) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+    def chunk_batches(self, docs_per_batch: int, n_docs: int) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
         """(first document, doc offsets, positions, n_chunks, vectors) per
-        range of ``docs_per_batch`` documents; docs are relative to the first."""
-        for first in range(0, self.n_docs, docs_per_batch):
-            last = min(first + docs_per_batch, self.n_docs)
+        range of ``docs_per_batch`` of the first ``n_docs`` documents; docs
+        are relative to the first."""
+        for first in range(0, min(n_docs, self.n_docs), docs_per_batch):
+            last = min(first + docs_per_batch, n_docs, self.n_docs)
             arrow = self._con.execute(
                 "SELECT doc, pos, vec FROM chunk_vectors WHERE doc >= ? AND doc < ? "
                 "ORDER BY doc, pos", [first, last]
@@ -127,9 +132,14 @@ class TrainingRun:
             doc = (arrow.column("doc").to_numpy() - first).astype(np.uint32)
             position = arrow.column("pos").to_numpy().astype(np.uint32)
             flat = arrow.column("vec").combine_chunks().values.to_numpy()
-            vectors = flat.reshape(len(doc), -1).astype(np.float32, copy=False)
+            vectors = flat.reshape(len(doc), self._dimension).astype(np.float32, copy=False)
             n_chunks = np.bincount(doc, minlength=last - first)
             yield first, doc, position, n_chunks, vectors
+
+    def gold_pairs(self) -> tuple[np.ndarray, np.ndarray]:
+        """(document, concept_id) of every gold subject."""
+        pairs = self._con.execute("SELECT doc, concept_id FROM gold ORDER BY doc").fetchnumpy()
+        return np.asarray(pairs["doc"]), np.asarray(pairs["concept_id"])
 
     # ---- candidates ----
 
