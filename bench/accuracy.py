@@ -18,6 +18,7 @@ import datetime
 import itertools
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -29,6 +30,13 @@ BIN = Path(sys.executable).parent
 PROJECTS = {
     "ebm": "backend=ebm",
     "ebm-static": "backend=ebm\nstatic_embedding=true",
+    # ablation of the feature families (issue 6); ebm-labels-only has none of them
+    "ebm-no-knn": "backend=ebm\nknn_neighbors=0",
+    "ebm-no-prior": "backend=ebm\nuse_prior=false",
+    "ebm-no-hierarchy": "backend=ebm\nuse_hierarchy=false",
+    "ebm-no-label": "backend=ebm\nuse_label_features=false",
+    "ebm-labels-only": "backend=ebm\nknn_neighbors=0\nuse_prior=false\nuse_hierarchy=false\n"
+                       "use_label_features=false",
     "tfidf": "backend=tfidf\nanalyzer=snowball(english)",
     "mllm": "backend=mllm\nanalyzer=snowball(english)",
     "omikuji": "backend=omikuji\nanalyzer=snowball(english)",
@@ -46,6 +54,24 @@ def projects_cfg(backends: list[str], weights: dict[str, float]) -> str:
                     f"backend=ensemble\nsources={sources}\n"
                 )
     return "\n".join(sections)
+
+
+EMBEDDING_CACHE = "ebm-train-embeddings.duckdb"
+
+
+def share_embedding_cache(datadir: Path, system: str, backends: list[str]) -> None:
+    """Give an ebm variant the embedding cache of one trained before it (same
+    model), so the variants differ only in what they measure."""
+    target = datadir / "projects" / system / EMBEDDING_CACHE
+    if not system.startswith("ebm") or target.exists():
+        return
+    for other in backends:
+        source = datadir / "projects" / other / EMBEDDING_CACHE
+        if other != system and other.startswith("ebm") and "static" not in other + system \
+                and source.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, target)
+            return
 
 
 def limited(path: Path, limit: int, workdir: Path) -> Path:
@@ -71,6 +97,7 @@ def main() -> None:
                         help="reuse the ebm4subjects model trained in this folder "
                              "(e.g. by memory.py on the same training corpus)")
     parser.add_argument("--workdir", type=Path)
+    parser.add_argument("--tag", default="", help="added to the results file name")
     parser.add_argument("--suggest-only", action="store_true",
                         help="reuse the projects trained by an earlier run in the workdir")
     args = parser.parse_args()
@@ -98,6 +125,7 @@ def main() -> None:
     if not args.suggest_only:
         timed_run([annif, "load-vocab", "--force", "--language", "en", "voc", str(vocab)], env)
     gold = metrics.read_gold(str(validate))
+    seen = set().union(*metrics.read_gold(str(train)))
 
     rows = []
     systems = backends + [s for s in ("omikuji+mllm", "omikuji+mllm+ebm")
@@ -106,6 +134,7 @@ def main() -> None:
         row = {"system": system}
         train_log = workdir / f"train-{system}.log"  # GNU time output of annif train
         if "+" not in system and not args.suggest_only:
+            share_embedding_cache(workdir / "data", system, backends)
             timed_run([annif, "train", system, str(train)], env, log=train_log)
         if "+" not in system and train_log.exists():
             trained = time_stats(train_log.read_text(encoding="utf-8"))
@@ -115,16 +144,18 @@ def main() -> None:
                          str(validate), str(predictions)], env, log=workdir / f"suggest-{system}.log")
         report = json.loads(run["stdout"].strip().splitlines()[-1])
         row.update(suggest_docs_s=report["docs_per_s"], suggest_rss_mb=run["peak_rss_mb"])
-        row.update(metrics.evaluate(metrics.read_predictions(str(predictions), len(gold)), gold))
+        ranked = metrics.read_predictions(str(predictions), len(gold))
+        row.update(metrics.evaluate(ranked, gold))
+        row["Unseen-R@5"] = metrics.unseen_recall(ranked, gold, seen)
         rows.append(row)
         print(json.dumps(row), flush=True)
 
     if args.reference_python:
         rows.append(reference_row(args.reference_python, vocab, train, validate,
                                   args.reference_trained or workdir / "ebm4subjects", gold,
-                                  trained=args.reference_trained is not None))
+                                  seen, trained=args.reference_trained is not None))
 
-    columns = ["system", "F1@5", "NDCG", "Precision@1", "Recall@5", "train_s",
+    columns = ["system", "F1@5", "NDCG", "Precision@1", "Recall@5", "Unseen-R@5", "train_s",
                "train_rss_mb", "suggest_docs_s", "suggest_rss_mb"]
     text = "\n".join([
         f"# Accuracy: {args.dataset}", "",
@@ -133,16 +164,19 @@ def main() -> None:
         f"({len(gold)} documents)",
         f"- command: `python bench/{Path(__file__).name} {' '.join(sys.argv[1:])}`",
         "- train_s / *_rss_mb: wall time and peak RSS of the whole `annif train` / suggest "
-        "process; suggest_docs_s excludes model loading", "",
+        "process; suggest_docs_s excludes model loading",
+        f"- Unseen-R@5: recall@5 over the validate gold subjects that no training document has "
+        f"({sum(len(g - seen) for g in gold)} of {sum(len(g) for g in gold)})", "",
         markdown_table(rows, columns), "",
     ])
     RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"accuracy-{args.dataset}-{datetime.date.today()}.md"
+    tag = f"-{args.tag}" if args.tag else ""
+    out = RESULTS / f"accuracy-{args.dataset}-{datetime.date.today()}{tag}.md"
     out.write_text(text, encoding="utf-8")
     print(text)
 
 
-def reference_row(python, vocab, train, validate, refdir, gold, trained=False) -> dict:
+def reference_row(python, vocab, train, validate, refdir, gold, seen, trained=False) -> dict:
     """DNB's ebm4subjects with DNB's Annif backend defaults, same model;
     ``trained``: reuse the model in ``refdir`` and its recorded train cost."""
     common = [python, str(BENCH / "reference_ebm4subjects.py"), "--vocab", str(vocab),
@@ -161,8 +195,9 @@ def reference_row(python, vocab, train, validate, refdir, gold, trained=False) -
     row = {"system": "ebm4subjects 0.9.2", "train_s": train_cost["wall_s"],
            "train_rss_mb": train_cost["peak_rss_mb"], "suggest_docs_s": report.get("docs_per_s"),
            "suggest_rss_mb": suggested["peak_rss_mb"]}
-    predictions = refdir / "predictions.tsv"
-    row.update(metrics.evaluate(metrics.read_predictions(str(predictions), len(gold)), gold))
+    ranked = metrics.read_predictions(str(refdir / "predictions.tsv"), len(gold))
+    row.update(metrics.evaluate(ranked, gold))
+    row["Unseen-R@5"] = metrics.unseen_recall(ranked, gold, seen)
     return row
 
 

@@ -61,3 +61,14 @@ def evaluate(ranked: list[list[str]], gold: list[set[str]], ndcg_limit: int = 10
         sums["Precision@1"] += float(bool(preds) and preds[0] in truth)
         sums["Recall@5"] += tp5 / len(truth) if truth else 0.0
     return {name: sums[name] / n for name in ("F1@5", "NDCG", "Precision@1", "Recall@5")}
+
+
+def unseen_recall(ranked: list[list[str]], gold: list[set[str]], seen: set[str], k: int = 5) -> float | None:
+    """Recall@k over the gold subjects that no training document has (micro:
+    found unseen gold subjects / all unseen gold subjects); None if none."""
+    found = total = 0
+    for preds, truth in zip(ranked, gold):
+        unseen = truth - seen
+        total += len(unseen)
+        found += len(unseen & set(preds[:k]))
+    return found / total if total else None

@@ -41,3 +41,12 @@ def test_metrics_match_annif_eval():
     for name in ("F1@5", "NDCG", "Precision@1"):
         assert ours[name] == pytest.approx(annif[name], abs=1e-6), name
     assert 0 <= ours["Recall@5"] <= 1
+
+
+def test_unseen_recall_counts_only_subjects_absent_from_training():
+    ranked = [["a", "x", "b"], ["y"], []]
+    gold = [{"a", "x", "z"}, {"y"}, {"a"}]
+    # unseen: x, z (doc 0) and y (doc 1); found in the top 5: x and y
+    assert metrics.unseen_recall(ranked, gold, seen={"a", "b"}) == pytest.approx(2 / 3)
+    assert metrics.unseen_recall(ranked, gold, seen={"a", "x", "y", "z"}) is None
+    assert metrics.unseen_recall(ranked, gold, seen=set(), k=1) == pytest.approx(2 / 5)
