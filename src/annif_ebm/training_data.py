@@ -30,6 +30,7 @@ TRAIN_FILE = "ebm-train.duckdb"
 # this, and otherwise keeps table pages cached up to it, so it bounds how much
 # memory the run's tables take however large the corpus
 DUCKDB_MEMORY_LIMIT = "256MB"
+JOIN_ROWS = 32768  # rows per join of texts with their cached vectors
 RANKER_BATCH_DOCS = 5000  # documents per batch when the ranker reads candidates
 
 _CANDIDATE_COLUMNS = ", ".join(f"{name} FLOAT" for name in FEATURE_NAMES)
@@ -98,13 +99,25 @@ class TrainingRun:
         self._insert("label_texts", frame)
         embedded = cache.fill(self._con, "SELECT text FROM label_texts", table, dimension,
                               encode, "labels", progress)
-        arrow = self._con.execute(
-            f"SELECT any_value(c.vec) AS vec FROM label_texts l JOIN {table} c "
-            "ON md5_number(l.text) = c.key GROUP BY l.i ORDER BY l.i"
-        ).to_arrow_table()
+        vectors = np.zeros((len(texts), dimension), dtype=np.float32)
+        found = 0
+        for start in range(0, len(texts), JOIN_ROWS):  # bounded joins, nothing to sort
+            arrow = self._con.execute(
+                f"SELECT l.i, c.vec FROM label_texts l JOIN {table} c "
+                "ON md5_number(l.text) = c.key WHERE l.i >= ? AND l.i < ?",
+                [start, start + JOIN_ROWS],
+            ).to_arrow_table()
+            rows = arrow.column("i").to_numpy()
+            vectors[rows] = arrow.column("vec").combine_chunks().values.to_numpy().reshape(
+                len(rows), dimension)
+            found += len(rows)
         self._con.execute("DROP TABLE label_texts")
-        vectors = arrow.column("vec").combine_chunks().values.to_numpy()
-        return vectors.reshape(len(texts), dimension).astype(np.float32, copy=False), embedded
+        if found != len(texts):
+            raise OperationFailedException(
+                f"the embedding cache returned {found} vectors for {len(texts)} labels; "
+                f"delete {cache.CACHE_FILE} in the project's data directory and train again"
+            )
+        return vectors, embedded
 
     def embed_chunks(self, table: str, dimension: int,
                      encode: Callable[[list[str]], np.ndarray], progress: bool) -> int:
@@ -112,11 +125,18 @@ class TrainingRun:
         self._dimension = dimension
         embedded = cache.fill(self._con, "SELECT text FROM chunks", table, dimension,
                               encode, "train chunks", progress)
-        self._con.execute(
-            "CREATE TABLE chunk_vectors AS SELECT ch.doc, ch.pos, any_value(c.vec) AS vec "
-            f"FROM chunks ch JOIN {table} c ON md5_number(ch.text) = c.key "
-            "GROUP BY ch.doc, ch.pos ORDER BY ch.doc, ch.pos"
-        )
+        self._con.execute(f"CREATE TABLE chunk_vectors (doc BIGINT, pos INTEGER, vec FLOAT[{dimension}])")
+        (n_chunks,) = self._con.execute("SELECT count(*) FROM chunks").fetchone()
+        docs_per_join = max(1, JOIN_ROWS * self.n_docs // max(n_chunks, 1))
+        for first in range(0, self.n_docs, docs_per_join):
+            # a range of documents at a time: the join builds on that range's
+            # chunks and streams the cache; the sort stays small
+            self._con.execute(
+                "INSERT INTO chunk_vectors SELECT ch.doc, ch.pos, c.vec FROM chunks ch "
+                f"JOIN {table} c ON md5_number(ch.text) = c.key "
+                "WHERE ch.doc >= ? AND ch.doc < ? ORDER BY ch.doc, ch.pos",
+                [first, first + docs_per_join],
+            )
         return embedded
 
     def chunk_batches(self, docs_per_batch: int, n_docs: int) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
