@@ -15,6 +15,7 @@ import datetime
 import itertools
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -34,6 +35,10 @@ def main() -> None:
                              "put first on PYTHONPATH)")
     parser.add_argument("--ebm-params", default="",
                         help="extra ebm project lines, e.g. 'max_train_docs=0'")
+    parser.add_argument("--warm-cache", type=Path,
+                        help="start each size with a copy of this embedding cache "
+                             "(ebm-train-embeddings.duckdb) instead of none: measures "
+                             "training without the encode time")
     args = parser.parse_args()
     systems = set(args.systems.split(","))
     data = DATA_ROOT / "yso-finna-en"
@@ -55,9 +60,13 @@ def main() -> None:
             train.write_text("".join(itertools.islice(src, size)), encoding="utf-8")
         new_rows = []
         if "ebm" in systems:
-            # cold: no embedding cache from an earlier size
-            for cached in (workdir / "data" / "projects" / "ebm").glob("ebm-train-embeddings*"):
+            # cold: no embedding cache from an earlier size (or a given warm one)
+            project_dir = workdir / "data" / "projects" / "ebm"
+            for cached in project_dir.glob("ebm-train-embeddings*"):
                 cached.unlink()
+            if args.warm_cache:
+                project_dir.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(args.warm_cache, project_dir / args.warm_cache.name)
             run = timed_run([annif, "train", "ebm", str(train)], env,
                             log=workdir / f"train-ebm-{size}.log")
             new_rows.append({"system": args.name, "params": args.ebm_params, "documents": size,

@@ -20,6 +20,10 @@ from annif.exception import ConfigurationException, OperationFailedException
 from .api_client import ApiClient
 from .params import AUTO_BATCH_SIZE, DEFAULT_MODEL, EbmParams
 
+# transformers would otherwise import TensorFlow where it is installed (Annif's
+# nn_ensemble brings it), and refuse to work with its Keras 3
+os.environ.setdefault("USE_TF", "0")
+
 
 def _dtype_kwarg() -> str:
     """transformers renamed ``torch_dtype`` to ``dtype`` in 4.56."""
@@ -60,7 +64,7 @@ def resolve_device(device: str) -> list[str]:
 
 def _check_not_forked_cuda() -> None:
     """CUDA cannot be used in a process forked after its parent started CUDA
-    (``annif eval/index --jobs N`` forks workers): refuse clearly."""
+    (``annif eval --jobs N`` forks workers): refuse clearly."""
     import torch
 
     if torch.cuda._is_in_bad_fork():
