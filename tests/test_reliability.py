@@ -191,9 +191,10 @@ def test_vocabulary_without_usable_labels_is_a_clear_error(tmp_path):
 
 def test_no_candidate_matches_any_gold_subject_is_a_clear_error(tmp_path):
     env = vocab_env(tmp_path, VOCAB % "Long")
-    # every document is labelled with a concept whose only label is German
+    # the one document is labelled with a concept whose only label is German
+    # (label search cannot find it, and kNN has no other document to learn it from)
     (tmp_path / "train.tsv").write_text(
-        "Sonnets and verse.\t<http://example.org/german>\n" * 5)
+        "Sonnets and verse.\t<http://example.org/german>\n")
     result = env.run("train", "p", str(tmp_path / "train.tsv"), check=False)
     assert result.returncode != 0
     assert "matches any gold subject" in result.stderr and "Traceback" not in result.stderr
@@ -214,9 +215,10 @@ def test_interrupted_training_leaves_the_previous_model(trained_env, sample_corp
     model = json.loads((project_dir / "ebm-model.json").read_text())
     if how == "exception":
         # fails half-way: labels embedded, store written, then the ranker finds
-        # no correct candidate (the one candidate per document is never "Snow line")
+        # no correct candidate (the one candidate of the one document is never
+        # "Snow line", and kNN has no other document to learn it from)
         (tmp_path / "bad.tsv").write_text(
-            "Training deep neural networks.\t<https://d-nb.info/gnd/4179843-0>\n" * 3)
+            "Training deep neural networks.\t<https://d-nb.info/gnd/4179843-0>\n")
         result = env.run("train", "ebm-en", str(tmp_path / "bad.tsv"),
                          "-b", "ebm.candidates_per_chunk=1", "-b", "ebm.candidates_per_doc=1",
                          check=False)
