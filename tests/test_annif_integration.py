@@ -59,6 +59,14 @@ class ProjectsEnv(AnnifEnv):
         return self.datadir / "projects" / project_id
 
 
+def assert_five_ranked_suggestions(env, project: str) -> None:
+    """``annif suggest --limit 5`` gives five scores in (0, 1], best first."""
+    rows = suggestions(env.run("suggest", project, "--limit", "5", stdin=TEXT).stdout)
+    assert len(rows) == 5
+    scores = [score for _, _, score in rows]
+    assert all(0 < s <= 1 for s in scores) and scores == sorted(scores, reverse=True)
+
+
 def suggestions(output: str) -> list[tuple[str, str, float]]:
     """(uri, label, score) rows of ``annif suggest`` output."""
     rows = []
@@ -265,10 +273,7 @@ def test_pav_ensemble_trains_and_suggests(ensemble_env, sample_corpus):
                                              "--docs-limit", "30").stdout)
     assert metrics["Documents evaluated"] == 30
     assert metrics["F1@5"] > 0.1 and metrics["NDCG"] > 0.3
-    rows = suggestions(ensemble_env.run("suggest", "pav-en", "--limit", "5", stdin=TEXT).stdout)
-    assert len(rows) == 5
-    scores = [score for _, _, score in rows]
-    assert all(0 < s <= 1 for s in scores) and scores == sorted(scores, reverse=True)
+    assert_five_ranked_suggestions(ensemble_env, "pav-en")
 
 
 @pytest.mark.skipif(bool(NN_MISSING), reason=(
@@ -280,10 +285,7 @@ def test_nn_ensemble_trains_and_suggests(ensemble_env, sample_corpus):
     metrics = parse_metrics(ensemble_env.run("eval", "nn-en", str(sample_corpus["test"])).stdout)
     assert metrics["Documents evaluated"] == 60
     assert metrics["F1@5"] > 0.15 and metrics["NDCG"] > 0.3
-    rows = suggestions(ensemble_env.run("suggest", "nn-en", "--limit", "5", stdin=TEXT).stdout)
-    assert len(rows) == 5
-    scores = [score for _, _, score in rows]
-    assert all(0 < s <= 1 for s in scores) and scores == sorted(scores, reverse=True)
+    assert_five_ranked_suggestions(ensemble_env, "nn-en")
 
 
 def test_hyperopt_finds_weights_that_reproduce_its_score(ensemble_env, sample_corpus, tmp_path):

@@ -83,6 +83,14 @@ def hits_frame(**columns: np.ndarray) -> pl.DataFrame:
     )
 
 
+def _documents_frame(n_chunks: np.ndarray) -> pl.DataFrame:
+    """One row per document of the batch: doc, n_chunks."""
+    return pl.DataFrame({
+        "doc": pl.Series(np.arange(len(n_chunks)), dtype=pl.UInt32),
+        "n_chunks": pl.Series(n_chunks, dtype=pl.Float32),
+    })
+
+
 def candidate_features(
     hits: pl.DataFrame, n_chunks: np.ndarray, candidates_per_doc: int
 ) -> pl.DataFrame:
@@ -90,12 +98,7 @@ def candidate_features(
 
     ``n_chunks[d]`` is the number of chunks of document ``d``.
     """
-    docs = pl.DataFrame(
-        {
-            "doc": pl.Series(np.arange(len(n_chunks)), dtype=pl.UInt32),
-            "n_chunks": pl.Series(n_chunks, dtype=pl.Float32),
-        }
-    )
+    docs = _documents_frame(n_chunks)
     last_chunk = pl.max_horizontal(pl.col("n_chunks") - 1, pl.lit(1.0))
     per_chunk = (
         hits.lazy()
@@ -166,11 +169,7 @@ def merge_candidates(label_matches: pl.DataFrame, knn: pl.DataFrame | None,
         return label_matches
     merged = label_matches.drop("n_chunks").join(
         knn, on=["doc", "concept_id"], how="full", coalesce=True)
-    docs = pl.DataFrame({
-        "doc": pl.Series(np.arange(len(n_chunks)), dtype=pl.UInt32),
-        "n_chunks": pl.Series(n_chunks, dtype=pl.Float32),
-    })
-    return merged.join(docs, on="doc", how="left").sort("doc", "concept_id")
+    return merged.join(_documents_frame(n_chunks), on="doc", how="left").sort("doc", "concept_id")
 
 
 def hierarchy_features(candidates: pl.DataFrame, relations: pl.DataFrame) -> pl.DataFrame:

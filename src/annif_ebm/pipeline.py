@@ -86,8 +86,8 @@ class CandidateGenerator:
         p = self.params
         disabled = p.disabled_feature_families()
         candidates = self._label_matches(doc, position, n_chunks, vectors)
-        training = self.store.training_documents() if "knn" not in disabled or (
-            "prior" not in disabled) else None
+        uses_training = not {"knn", "prior"} <= set(disabled)
+        training = self.store.training_documents() if uses_training else None
         if training is not None and "knn" not in disabled:
             with self.stage("knn"):
                 pooled = pool_documents(doc, vectors, len(n_chunks))
