@@ -59,16 +59,15 @@ def projects_cfg(backends: list[str], weights: dict[str, float]) -> str:
 EMBEDDING_CACHE = "ebm-train-embeddings.duckdb"
 
 
-def share_embedding_cache(datadir: Path, system: str, backends: list[str]) -> None:
+def share_embedding_cache(datadir: Path, system: str) -> None:
     """Give an ebm variant the embedding cache of one trained before it (same
-    model), so the variants differ only in what they measure."""
+    model, possibly in an earlier run in this workdir), so the variants differ
+    only in what they measure."""
     target = datadir / "projects" / system / EMBEDDING_CACHE
-    if not system.startswith("ebm") or target.exists():
+    if not system.startswith("ebm") or "static" in system or target.exists():
         return
-    for other in backends:
-        source = datadir / "projects" / other / EMBEDDING_CACHE
-        if other != system and other.startswith("ebm") and "static" not in other + system \
-                and source.exists():
+    for source in sorted((datadir / "projects").glob(f"ebm*/{EMBEDDING_CACHE}")):
+        if "static" not in source.parent.name:
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(source, target)
             return
@@ -134,7 +133,7 @@ def main() -> None:
         row = {"system": system}
         train_log = workdir / f"train-{system}.log"  # GNU time output of annif train
         if "+" not in system and not args.suggest_only:
-            share_embedding_cache(workdir / "data", system, backends)
+            share_embedding_cache(workdir / "data", system)
             timed_run([annif, "train", system, str(train)], env, log=train_log)
         if "+" not in system and train_log.exists():
             trained = time_stats(train_log.read_text(encoding="utf-8"))

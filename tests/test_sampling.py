@@ -10,15 +10,27 @@ def test_zero_means_every_document_with_subjects():
     assert sample.n_covered == 3
 
 
-def test_sample_covers_rare_subjects_first():
+def test_half_the_sample_covers_rare_subjects_first_the_rest_is_random():
     # subject 1 is in every document; 2..6 each appear once, late in the corpus
     subjects = [[1]] * 50 + [[1, s] for s in range(2, 7)]
-    sample = choose_documents(subjects, 5)
-    assert sample.n_selected == 5
+    sample = choose_documents(subjects, 10)
+    assert sample.n_selected == 10
     assert sample.selected[50:].all()  # the five documents with rare subjects
+    assert sample.selected[:50].sum() == 5  # and five frequent-subject ones
     assert sample.n_covered == 6
-    assert "5 of 55 documents" in sample.describe()
+    assert "10 of 55 documents" in sample.describe()
     assert "covering 6 of 6 distinct gold subjects" in sample.describe()
+
+
+def test_coverage_takes_at_most_half_of_the_sample():
+    # ten rare subjects, but only two of four slots go to coverage
+    subjects = [[1]] * 50 + [[1, s] for s in range(2, 12)]
+    sample = choose_documents(subjects, 4)
+    assert sample.n_selected == 4
+    # the rarest-first greedy takes two rare documents; two random draws from
+    # the 58 others may add rare ones by chance, rarely more than one
+    assert 2 <= sample.selected[50:].sum() <= 4
+    assert sample.selected[50:52].all()  # the first two rare subjects' documents
 
 
 def test_spare_slots_are_filled_reproducibly_and_never_with_unlabelled_docs():

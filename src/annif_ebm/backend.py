@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import gc
 import itertools
 import json
 import os
@@ -127,6 +128,12 @@ class EbmBackend(AnnifBackend):
                 self._embedder_key = key
             return self._embedder
 
+    def _forget_embedder(self) -> None:
+        """Drop the loaded embedding model (loaded again on next use)."""
+        with self._lock:
+            self._embedder = self._embedder_key = None
+        gc.collect()
+
     # ---- loading ----
 
     def _load_model(self) -> _LoadedModel:
@@ -202,11 +209,16 @@ class EbmBackend(AnnifBackend):
             generator = CandidateGenerator(self.project.language, embedder, store, p)
             self._collect_training_data(corpus, sample, generator, run, p, static_dir)
             train_path = run.finish()
+            dimension = store.dimension
+            # the ranker trains from disk: let the embedding model, the label
+            # matrix and the kNN vectors go first (they would add to its peak)
+            del generator, store, embedder
+            self._forget_embedder()
             metadata = model_files.ModelMetadata(
                 store_file=store_file,
                 ranker_file=ranker_file,
                 model=p.model_settings(),
-                dimension=store.dimension,
+                dimension=dimension,
                 feature_names=list(FEATURE_NAMES),
                 train_params=p.of_kind(Kind.TRAIN),
                 n_labels=len(labels),

@@ -207,8 +207,8 @@ class EbmParams:
         5000,
         Kind.TRAIN,
         _int_at_least(0),
-        "train the ranker on at most N documents, chosen to cover as many distinct "
-        "gold subjects as possible (it saturates early); 0 = all",
+        "train the ranker on at most N documents (it saturates early): half chosen "
+        "to cover as many distinct gold subjects as possible, half at random; 0 = all",
     )
     knn_docs: int = _param(
         100_000,

@@ -2,9 +2,12 @@
 
 The ranker saturates after a few thousand documents, so training embeds only a
 sample. A first pass over the corpus reads just the subject sets (a few
-integers per document); the sample covers as many distinct gold subjects as
-possible: rarest subjects first, each uncovered one brings in a document that
-has it, and any slots left are filled at random (seeded, so reproducible).
+integers per document). Half of the sample covers as many distinct gold
+subjects as possible: rarest subjects first, each uncovered one brings in a
+document that has it; the other half (and any slots coverage leaves) is drawn
+at random (seeded, so reproducible). The random half keeps the ranker's data
+like real documents: a sample made only of rare-subject documents teaches the
+ranker that frequent subjects (high prior, many kNN votes) are rarely right.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from collections.abc import Iterable
 import numpy as np
 
 SEED = 42
+COVERAGE_SHARE = 0.5  # of max_docs, for rare-subject coverage; the rest at random
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,7 +69,8 @@ def choose_documents(subject_sets: Iterable[Iterable[int]], max_docs: int) -> Sa
     if max_docs == 0 or max_docs >= n_with:
         selected = has_subjects
     else:
-        selected = _cover(subject_of, doc_of, len(lengths), max_docs)
+        selected = _cover(subject_of, doc_of, len(lengths),
+                          max(1, int(max_docs * COVERAGE_SHARE)))
         spare = np.flatnonzero(has_subjects & ~selected)
         room = max_docs - int(selected.sum())
         if room > 0:
