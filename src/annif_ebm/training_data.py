@@ -30,6 +30,9 @@ TRAIN_FILE = "ebm-train.duckdb"
 # this, and otherwise keeps table pages cached up to it, so it bounds how much
 # memory the run's tables take however large the corpus
 DUCKDB_MEMORY_LIMIT = "256MB"
+# reading the candidates back needs no more: DuckDB would otherwise keep the
+# pages it read cached up to its limit, so memory would grow with the corpus
+READ_MEMORY_LIMIT = "64MB"
 JOIN_ROWS = 32768  # rows per join of texts with their cached vectors
 RANKER_BATCH_DOCS = 5000  # documents per batch when the ranker reads candidates
 
@@ -211,20 +214,25 @@ def candidate_batches(path: str, backend_id: str) -> Iterator[tuple[np.ndarray, 
             backend_id=backend_id,
         )
     try:
-        with duckdb.connect(path, read_only=True) as con:
+        with duckdb.connect(path, read_only=True,
+                            config={"memory_limit": READ_MEMORY_LIMIT}) as con:
             (n_docs,) = con.execute("SELECT coalesce(max(doc) + 1, 0) FROM candidates").fetchone()
             for first in range(0, n_docs, RANKER_BATCH_DOCS):
-                arrow = con.execute(
+                columns = con.execute(
                     f"SELECT {', '.join(FEATURE_NAMES)}, gold FROM candidates "
                     "WHERE doc >= ? AND doc < ? ORDER BY doc, concept_id",
                     [first, first + RANKER_BATCH_DOCS],
-                ).to_arrow_table()
-                if arrow.num_rows == 0:
+                ).fetchnumpy()
+                gold = np.asarray(columns["gold"], dtype=bool)
+                if len(gold) == 0:
                     continue
-                features = np.column_stack(
-                    [arrow.column(name).to_numpy() for name in FEATURE_NAMES]
-                ).astype(np.float32, copy=False)
-                yield features, arrow.column("gold").to_numpy()
+                features = np.column_stack([  # NULL (a missing feature) -> NaN
+                    np.ma.filled(np.ma.asarray(columns[name], dtype=np.float32), np.nan)
+                    for name in FEATURE_NAMES])
+                # nothing of DuckDB's result may outlive the next query: held
+                # results fragment the heap, and memory grew with every batch
+                del columns
+                yield features, gold
     except duckdb.Error as err:
         raise OperationFailedException(
             f"cannot read cached training data {path}: {err}; train without --cached"
