@@ -99,6 +99,20 @@ def test_candidates_are_labelled_with_gold_and_published(tmp_path, embedder):
     assert len(list(candidate_batches(cached_training_data(str(tmp_path)), "p"))) == 1
 
 
+def test_missing_features_are_read_back_as_nan(tmp_path, embedder):
+    # a label-only candidate has no kNN features: NULL in DuckDB, NaN for XGBoost
+    run = TrainingRun(str(tmp_path))
+    add_two_batches(run)
+    rows = candidates([0, 1], [7, 8]).with_columns(
+        pl.when(pl.col("concept_id") == 8).then(None).otherwise(pl.col(FEATURE_NAMES[-1]))
+        .alias(FEATURE_NAMES[-1]))
+    run.add_candidates(0, 2, rows)
+    features, gold = next(candidate_batches(run.finish(), "p"))
+    assert features.dtype == np.float32 and gold.tolist() == [True, True]
+    assert features[0, -1] == len(FEATURE_NAMES) - 1 and np.isnan(features[1, -1])
+    assert not np.isnan(features[:, :-1]).any()
+
+
 def test_missing_cached_training_data_is_a_clear_error(tmp_path):
     with pytest.raises(NotInitializedException, match="train without --cached"):
         next(candidate_batches(cached_training_data(str(tmp_path)), "p"))
