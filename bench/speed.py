@@ -75,7 +75,7 @@ def main() -> None:
             {"measure": "ratio end-to-end / encode", "value": total / limit},
             {"measure": "suggest docs/s", "value": len(texts) / total}]
     stage_median = {k: statistics.median(s.get(k, 0.0) for s in stages)
-                    for k in ("chunk", "embed", "search", "features", "rank")}
+                    for k in ("chunk", "embed", "search", "knn", "features", "rank")}
     rows += [{"measure": f"stage {k} s", "value": v} for k, v in stage_median.items()]
     text = "\n".join([
         f"# Speed: {args.project} on {Path(args.corpus).name}", "", *machine_facts(),

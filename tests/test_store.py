@@ -53,6 +53,31 @@ def test_k_larger_than_vocabulary_and_empty_queries(store_path, embedder):
     assert all(len(part) == 0 for part in store.search(np.zeros((0, 384), np.float32), 5))
 
 
+def test_exact_search_over_label_and_query_blocks_equals_brute_force(tmp_path, monkeypatch):
+    # 1000 random labels in blocks of 64, 300 queries in blocks of 16: the
+    # merged per-block top-k must be the plain top-k of the full score matrix
+    import annif_ebm.store as store_module
+
+    monkeypatch.setattr(store_module, "EXACT_LABEL_BLOCK", 64)
+    monkeypatch.setattr(store_module, "SCORE_BUFFER_BYTES", 16 * 64 * 4)
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(1000, 384)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    labels = LabelSet(texts=[f"label {i}" for i in range(1000)],
+                      concept_ids=np.arange(1000, dtype=np.int32),
+                      is_pref=np.ones(1000, dtype=bool))
+    write_store(str(tmp_path / "labels.duckdb"), labels, vectors, "test-model")
+    store = LabelStore(str(tmp_path / "labels.duckdb"))
+    queries = rng.normal(size=(300, 384)).astype(np.float32)
+    query, label, score = store.search(queries, 7)
+    expected = np.argsort(-(queries @ vectors.T), axis=1)[:, :7]
+    np.testing.assert_array_equal(query, np.repeat(np.arange(300), 7))
+    np.testing.assert_array_equal(label.reshape(300, 7), expected)
+    np.testing.assert_allclose(score.reshape(300, 7),
+                               np.take_along_axis(queries @ vectors.T, expected, 1), rtol=1e-5)
+    assert store._score_buffer("cpu")[1:] == (16, 64)  # really in blocks
+
+
 def test_hnsw_search_agrees_with_exact(store_path, embedder):
     store = LabelStore(str(store_path))
     assert store.has_hnsw

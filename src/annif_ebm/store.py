@@ -25,6 +25,7 @@ from .knn import TrainingDocuments
 from .labels import LabelSet, Relations
 
 EXACT_QUERY_BLOCK = 1024  # chunk vectors per matrix product, at most
+EXACT_LABEL_BLOCK = 32768  # labels per matrix product, at most
 SCORE_BUFFER_BYTES = 64 << 20  # per thread and device, for the block's scores
 INSERT_ROWS = 10_000  # vectors copied into DuckDB at a time
 
@@ -259,32 +260,51 @@ class LabelStore:
         return self._search_exact(queries, k, device)
 
     def _score_buffer(self, device: str):
-        """A reusable (block, labels) score matrix of this thread: writing into
-        memory already touched spares a fresh allocation's page faults, which
-        cost about a sixth of the search time on CPU."""
+        """A reusable flat score buffer of this thread for (queries, labels)
+        blocks: writing into memory already touched spares a fresh
+        allocation's page faults, which cost about a sixth of the search time
+        on CPU. Returns (buffer, query rows, label columns) per block."""
         import torch
 
         buffers = self._buffers.__dict__.setdefault("by_device", {})
         if device not in buffers:
-            fit = max(16, min(EXACT_QUERY_BLOCK, SCORE_BUFFER_BYTES // (4 * len(self))))
+            columns = min(len(self), EXACT_LABEL_BLOCK)
+            fit = max(16, min(EXACT_QUERY_BLOCK, SCORE_BUFFER_BYTES // (4 * columns)))
             rows = 1 << (fit.bit_length() - 1)  # a power of two: fastest in BLAS
-            buffers[device] = torch.empty((rows, len(self)), dtype=torch.float32, device=device)
+            buffer = torch.empty(rows * columns, dtype=torch.float32, device=device)
+            buffers[device] = (buffer, rows, columns)
         return buffers[device]
 
     def _search_exact(self, queries: np.ndarray, k: int, device: str):
+        """Blocks of queries against blocks of labels, a top-k per label block
+        merged into the running top-k: many queries per matrix product (BLAS
+        runs faster) with a bounded score buffer, whatever the vocabulary size."""
         import torch
 
         matrix = self.label_matrix(device)
-        buffer = self._score_buffer(device)
+        buffer, rows, columns = self._score_buffer(device)
         label_parts, score_parts = [], []
         with torch.inference_mode():
-            for start in range(0, len(queries), len(buffer)):
-                block = torch.from_numpy(queries[start : start + len(buffer)])
-                scores = torch.matmul(block.to(device=device, dtype=matrix.dtype), matrix.T,
-                                      out=buffer[: len(block)])
-                top = torch.topk(scores, k, dim=1)
-                label_parts.append(top.indices.cpu().numpy())
-                score_parts.append(top.values.float().cpu().numpy())
+            for start in range(0, len(queries), rows):
+                block = torch.from_numpy(queries[start : start + rows]).to(
+                    device=device, dtype=matrix.dtype)
+                best_scores = best_labels = None
+                for first in range(0, len(matrix), columns):
+                    labels = matrix[first : first + columns]
+                    out = buffer[: len(block) * len(labels)].view(len(block), len(labels))
+                    scores = torch.matmul(block, labels.T, out=out)
+                    top = torch.topk(scores, min(k, len(labels)), dim=1)
+                    found = top.indices + first
+                    if best_scores is None:
+                        best_scores, best_labels = top.values, found
+                    else:
+                        merged_scores = torch.cat([best_scores, top.values], dim=1)
+                        merged_labels = torch.cat([best_labels, found], dim=1)
+                        best = torch.topk(merged_scores, k, dim=1)
+                        best_scores = best.values
+                        best_labels = torch.gather(merged_labels, 1, best.indices)
+                label_parts.append(best_labels.cpu().numpy())
+                score_parts.append(best_scores.float().cpu().numpy())
         labels = np.concatenate(label_parts).astype(np.int32).reshape(-1)
         scores = np.concatenate(score_parts).astype(np.float32).reshape(-1)
         query_idx = np.repeat(np.arange(len(queries), dtype=np.int32), k)
