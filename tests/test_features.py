@@ -70,3 +70,29 @@ def test_no_hits_gives_an_empty_frame_with_the_schema():
     assert frame.columns == ["doc", "concept_id", *LABEL_MATCH_FEATURES]
     assert feature_matrix(finish_features(frame)).shape == (0, len(FEATURE_NAMES))
     assert candidate_features(hits([]), np.array([], dtype=int), 5).height == 0
+
+
+def test_features_are_bitwise_the_same_whatever_the_order_of_the_hits():
+    """Float sums and ties must not depend on row order or polars' threads:
+    ``annif index`` with other thread settings must write the same files."""
+    rng = np.random.default_rng(0)
+    doc, chunk, rank = (a.ravel() for a in np.meshgrid(
+        np.arange(10), np.arange(200), np.arange(20), indexing="ij"))  # 20 hits per chunk
+    n = len(doc)
+    label_id = rng.integers(0, 3000, n)
+    columns = {
+        "doc": doc, "chunk": chunk, "label_id": label_id,
+        "concept_id": label_id // 3, "is_pref": label_id % 3 == 0,
+        "score": rng.random(n).astype(np.float32).round(2),  # many ties
+        "rank": rank, "label_tokens": rng.integers(1, 5, n),
+        "concept_labels": np.full(n, 3),
+    }
+    n_chunks = np.full(10, 200)
+    first = candidate_features(hits_frame(**columns), n_chunks, candidates_per_doc=100)
+    assert first.height == 1000
+    for _ in range(3):
+        order = rng.permutation(n)
+        again = candidate_features(
+            hits_frame(**{name: values[order] for name, values in columns.items()}),
+            n_chunks, candidates_per_doc=100)
+        assert again.equals(first)

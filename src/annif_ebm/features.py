@@ -100,26 +100,27 @@ def candidate_features(
     """
     docs = _documents_frame(n_chunks)
     last_chunk = pl.max_horizontal(pl.col("n_chunks") - 1, pl.lit(1.0))
+    # A fixed row order and order-keeping groups: float sums and ties come
+    # out the same whatever the order of the hits or polars' thread schedule.
+    hits = hits.lazy().sort("doc", "chunk", "rank", "label_id")
     per_chunk = (
-        hits.lazy()
-        .with_columns(chunk_best=pl.col("score").max().over("doc", "chunk"))
-        .group_by("doc", "chunk", "concept_id")
+        hits.with_columns(chunk_best=pl.col("score").max().over("doc", "chunk"))
+        .group_by("doc", "chunk", "concept_id", maintain_order=True)
         .agg(
             score=pl.col("score").max(),
             scaled=(pl.col("score") / pl.col("chunk_best")).max(),
             rank=pl.col("rank").min(),
             via_pref=pl.col("is_pref").any(),
-            label_tokens=pl.col("label_tokens").sort_by("score").last(),
+            label_tokens=pl.col("label_tokens").sort_by("score", maintain_order=True).last(),
             concept_labels=pl.col("concept_labels").first(),
         )
     )
     labels_matched = (
-        hits.lazy()
-        .group_by("doc", "concept_id")
+        hits.group_by("doc", "concept_id")
         .agg(n_labels=pl.col("label_id").n_unique())
     )
     features = (
-        per_chunk.group_by("doc", "concept_id")
+        per_chunk.group_by("doc", "concept_id", maintain_order=True)
         .agg(
             hits=pl.len(),
             scaled_score=pl.col("scaled").sum(),
@@ -132,7 +133,7 @@ def candidate_features(
             first=pl.col("chunk").min(),
             last=pl.col("chunk").max(),
             pref_ratio=pl.col("via_pref").cast(pl.Float32).mean(),
-            label_tokens=pl.col("label_tokens").sort_by("score").last(),
+            label_tokens=pl.col("label_tokens").sort_by("score", maintain_order=True).last(),
             concept_labels=pl.col("concept_labels").first(),
         )
         .join(labels_matched, on=["doc", "concept_id"], how="left")

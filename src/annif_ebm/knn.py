@@ -146,9 +146,9 @@ class TrainingDocuments:
         total = pl.DataFrame({
             "doc": pl.Series(has_text[query], dtype=pl.UInt32),
             "similarity": pl.Series(similarity, dtype=pl.Float32),
-        }).group_by("doc").agg(total=pl.col("similarity").sum())
-        return (
-            votes.group_by("doc", "concept_id")
+        }).group_by("doc", maintain_order=True).agg(total=pl.col("similarity").sum())
+        return (  # order-keeping groups: the same float sums on every run
+            votes.group_by("doc", "concept_id", maintain_order=True)
             .agg(
                 knn_score_sum=pl.col("similarity").sum(),
                 knn_count=pl.len().cast(pl.Float32),
