@@ -46,9 +46,9 @@ def queries_from(corpus: str, n: int) -> np.ndarray:
     return Embedder(params).encode_queries(chunks[:n])
 
 
-def timed(fn, *args):
+def timed(fn, *args, **kwargs):
     start = time.perf_counter()
-    result = fn(*args)
+    result = fn(*args, **kwargs)
     return result, time.perf_counter() - start
 
 
@@ -71,7 +71,7 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=20)
     parser.add_argument("--lateral-queries", type=int, default=50)
     args = parser.parse_args()
-    from annif_ebm.store import LabelStore, load_vss
+    from annif_ebm.store import LabelStore, load_vss, search_precision
 
     queries = queries_from(args.corpus, args.queries)
     n, k = len(queries), args.k
@@ -81,8 +81,15 @@ def main() -> None:
 
     (q, labels, _), seconds = timed(store.search, queries, k, "exact")
     exact = per_query(q, labels, n)
-    rows.append({"method": "exact (torch matmul + top-k)", "queries": n,
+    rows.append({"method": "exact (torch matmul + grouped top-k, float32)", "queries": n,
                  "seconds": seconds, "queries_per_s": n / seconds, "recall": 1.0})
+    native = search_precision("auto", "cpu") == "bfloat16"
+    store.label_matrix("cpu", "bfloat16")
+    (q, labels, _), seconds = timed(store.search, queries, k, "exact", precision="bfloat16")
+    rows.append({"method": "exact, bfloat16 candidates scored again in float32"
+                 + (" (native bfloat16: the auto setting here)" if native else " (emulated here)"),
+                 "queries": n, "seconds": seconds, "queries_per_s": n / seconds,
+                 "recall": recall(per_query(q, labels, n), exact)})
 
     con = duckdb.connect()
     con.execute(f"ATTACH '{args.store}' AS store (READ_ONLY)")

@@ -3,9 +3,18 @@ time to encode exactly the chunks the pipeline produces, with the same model
 and batch size and nothing else. Also the time per pipeline stage.
 
   python bench/speed.py PROJECT CORPUS.tsv [--docs 500] [--repeats 3]
+      [--reference-python /tmp/ref-venv/bin/python --reference-workdir DIR
+       --reference-train TRAIN.tsv --reference-vocab VOCAB.tsv]
 (ANNIF_PROJECTS / ANNIF_DATADIR point at a trained project, e.g. one made by
 bench/accuracy.py: ANNIF_PROJECTS=bench/work/<dataset>/projects.cfg
 ANNIF_DATADIR=bench/work/<dataset>/data python bench/speed.py ebm ...)
+
+With --reference-python, DNB's ebm4subjects 0.9.2 (bench/reference_ebm4subjects.py,
+DNB's defaults, the same model, all cores) suggests for the same documents in
+Annif's batches of 32, and its docs/s (model loading excluded, as ours) stands
+beside ours. Its model is trained first in --reference-workdir unless one is
+there; suggest speed does not depend on how many documents trained its ranker,
+so --reference-train-limit may keep that short.
 """
 
 from __future__ import annotations
@@ -13,14 +22,31 @@ from __future__ import annotations
 import argparse
 import datetime
 import itertools
+import json
+import os
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 from annif.corpus import Document
 
-from common import RESULTS, annif_project, machine_facts, markdown_table
+from common import BENCH, RESULTS, annif_project, machine_facts, markdown_table, timed_run
+
+
+def reference_docs_per_second(args, texts_path: str) -> float:
+    """ebm4subjects' suggest docs/s on the documents in ``texts_path``."""
+    workdir = Path(args.reference_workdir)
+    common = [args.reference_python, str(BENCH / "reference_ebm4subjects.py"),
+              "--vocab", args.reference_vocab, "--workdir", str(workdir),
+              "--threads", str(os.cpu_count()), "--out", str(workdir / "speed.json")]
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    if not (workdir / "ebm-model.gz").exists():
+        timed_run([*common, "--phase", "train", "--train", args.reference_train,
+                   "--train-limit", str(args.reference_train_limit)], env)
+    timed_run([*common, "--phase", "suggest", "--test", texts_path], env)
+    return json.loads((workdir / "speed.json").read_text())["docs_per_second_excluding_load"]
 
 
 def main() -> None:
@@ -30,9 +56,15 @@ def main() -> None:
     parser.add_argument("--docs", type=int, default=500)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="")
+    parser.add_argument("--reference-python", help="python of a venv with ebm4subjects")
+    parser.add_argument("--reference-workdir", default="work/ebm4subjects-speed")
+    parser.add_argument("--reference-vocab", help="Annif TSV vocabulary (with --reference-python)")
+    parser.add_argument("--reference-train", help="training corpus, if not yet trained")
+    parser.add_argument("--reference-train-limit", type=int, default=500)
     args = parser.parse_args()
     with open(args.corpus, encoding="utf-8") as file:
-        texts = [line.split("\t", 1)[0] for line in itertools.islice(file, args.docs)]
+        lines = [line for line in itertools.islice(file, args.docs) if "\t" in line]
+    texts = [line.split("\t", 1)[0] for line in lines]
     overrides = {"device": args.device} if args.device else {}
 
     with annif_project(args.project) as project:
@@ -65,6 +97,13 @@ def main() -> None:
                                       normalize_embeddings=True, convert_to_numpy=True)
             encode.append(time.perf_counter() - start)
 
+    reference = None
+    if args.reference_python:
+        with tempfile.NamedTemporaryFile("w", suffix=".tsv", encoding="utf-8") as same_docs:
+            same_docs.writelines(lines)
+            same_docs.flush()
+            reference = reference_docs_per_second(args, same_docs.name)
+
     n_chunks = sum(len(c) for c in chunk_batches)
     total, limit = statistics.median(end_to_end), statistics.median(encode)
     rows = [{"measure": "documents", "value": len(texts)},
@@ -74,6 +113,9 @@ def main() -> None:
             {"measure": "end-to-end suggest s (median)", "value": total},
             {"measure": "ratio end-to-end / encode", "value": total / limit},
             {"measure": "suggest docs/s", "value": len(texts) / total}]
+    if reference is not None:
+        rows += [{"measure": "ebm4subjects 0.9.2 suggest docs/s (one run)", "value": reference},
+                 {"measure": "suggest docs/s ours / ebm4subjects", "value": len(texts) / total / reference}]
     stage_median = {k: statistics.median(s.get(k, 0.0) for s in stages)
                     for k in ("chunk", "embed", "search", "knn", "features", "rank")}
     rows += [{"measure": f"stage {k} s", "value": v} for k, v in stage_median.items()]

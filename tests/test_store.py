@@ -1,4 +1,5 @@
 import numpy as np
+import torch
 import pytest
 from annif.exception import OperationFailedException
 
@@ -75,7 +76,87 @@ def test_exact_search_over_label_and_query_blocks_equals_brute_force(tmp_path, m
     np.testing.assert_array_equal(label.reshape(300, 7), expected)
     np.testing.assert_allclose(score.reshape(300, 7),
                                np.take_along_axis(queries @ vectors.T, expected, 1), rtol=1e-5)
-    assert store._score_buffer("cpu")[1:] == (16, 64)  # really in blocks
+    assert store._score_buffer("cpu", torch.float32)[1:] == (16, 64)  # really in blocks
+
+
+@pytest.mark.parametrize("columns", [100, 4096, 5037])
+def test_grouped_top_k_equals_a_plain_top_k(columns):
+    # 5037: a ragged tail after the last full group; rounding makes ties
+    from annif_ebm.store import top_k
+
+    rng = np.random.default_rng(columns)
+    for scores in (rng.normal(size=(50, columns)), rng.normal(size=(50, columns)).round(1)):
+        scores = torch.from_numpy(scores.astype(np.float32))
+        values, columns_found = top_k(scores, 20)
+        expected = torch.topk(scores, 20, dim=1)
+        assert torch.equal(values, expected.values)
+        assert torch.equal(torch.gather(scores, 1, columns_found), values)
+        assert all(len(set(row.tolist())) == 20 for row in columns_found)
+
+
+def clustered_store(path, n_labels=5000, n_queries=300):
+    """Labels and queries clustered like text embeddings (cosines 0.3-0.5):
+    (store, label vectors, query vectors)."""
+    rng = np.random.default_rng(1)
+
+    def unit(x):
+        return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+    common = rng.normal(size=384)
+    vectors = unit(2 * common / np.linalg.norm(common) + rng.normal(size=(n_labels, 384)) * 0.06)
+    queries = unit(vectors[rng.integers(0, n_labels, n_queries)]
+                   + rng.normal(size=(n_queries, 384)) * 0.08)
+    labels = LabelSet(texts=[f"label {i}" for i in range(n_labels)],
+                      concept_ids=np.arange(n_labels, dtype=np.int32),
+                      is_pref=np.ones(n_labels, dtype=bool))
+    write_store(str(path), labels, vectors, "test-model")
+    return LabelStore(str(path)), vectors, queries
+
+
+def overlap(found: np.ndarray, expected: np.ndarray, k: int) -> float:
+    """Mean share of each query's expected labels that were found."""
+    return np.mean([len(set(a) & set(b)) / k
+                    for a, b in zip(found.reshape(-1, k), expected.reshape(-1, k))])
+
+
+def test_bfloat16_search_scores_its_candidates_exactly(tmp_path, monkeypatch):
+    # the bfloat16 pass must keep the float32 top-k, with float32 scores
+    import annif_ebm.store as store_module
+
+    monkeypatch.setattr(store_module, "EXACT_LABEL_BLOCK", 2048)
+    store, vectors, queries = clustered_store(tmp_path / "labels.duckdb")
+    _, exact_labels, _ = store.search(queries, 20, precision="float32")
+    query, label, score = store.search(queries, 20, precision="bfloat16")
+    np.testing.assert_array_equal(query, np.repeat(np.arange(300), 20))
+    np.testing.assert_allclose(score, np.einsum("qd,qd->q", queries[query], vectors[label]),
+                               atol=1e-6)  # float32 scores, best first
+    assert (np.diff(score.reshape(300, 20), axis=1) <= 0).all()
+    assert overlap(label, exact_labels, 20) > 0.999
+    assert store._score_buffer("cpu", torch.bfloat16)[0].dtype == torch.bfloat16
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_search_on_cuda_agrees_with_the_cpu(tmp_path, precision):
+    store, _, queries = clustered_store(tmp_path / "labels.duckdb")
+    _, cpu_labels, cpu_scores = store.search(queries, 20, precision="float32")
+    _, labels, scores = store.search(queries, 20, device="cuda", precision=precision)
+    assert store.label_matrix("cuda", precision).is_cuda
+    assert overlap(labels, cpu_labels, 20) > 0.999
+    np.testing.assert_allclose(np.sort(scores), np.sort(cpu_scores), atol=1e-3)
+
+
+def test_search_precision_auto_is_bfloat16_only_where_native(monkeypatch):
+    from annif_ebm.store import search_precision
+
+    assert search_precision("float32", "cuda") == "float32"
+    assert search_precision("auto", "cuda:1") == "bfloat16"
+    assert search_precision("auto", "mps") == "float32"
+    for native in (True, False):
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: native, raising=False)
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native, raising=False)
+        assert search_precision("auto", "cpu") == ("bfloat16" if native else "float32")
 
 
 def test_hnsw_search_agrees_with_exact(store_path, embedder):

@@ -279,6 +279,14 @@ class EbmParams:
         _choice("exact", "hnsw"),
         "label search: exact (batched matrix product) or hnsw (needs hnsw=true)",
     )
+    search_precision: str = _param(
+        "auto",
+        Kind.RUNTIME,
+        _choice("auto", "float32", "bfloat16"),
+        "exact search's matrix products: bfloat16 picks candidates (20 extra per "
+        "chunk) that are scored again in float32; auto = bfloat16 on CUDA and on CPUs "
+        "with AMX or AVX512-BF16, float32 elsewhere",
+    )
     ef_search: int = _param(
         64, Kind.RUNTIME, _int_at_least(1), "HNSW ef_search (search=hnsw)"
     )

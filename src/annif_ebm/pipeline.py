@@ -23,7 +23,7 @@ from .features import (candidate_features, finish_features, hierarchy_features,
                        hits_frame, merge_candidates)
 from .knn import pool_documents
 from .params import EbmParams
-from .store import LabelStore
+from .store import LabelStore, search_precision
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,8 +109,8 @@ class CandidateGenerator:
         device = self.embedder.devices[0] if self.embedder is not None else "cpu"
         with self.stage("search"):
             query, label, score = self.store.search(
-                vectors, p.candidates_per_chunk, p.search,
-                device=device, ef_search=p.ef_search,
+                vectors, p.candidates_per_chunk, p.search, device=device,
+                ef_search=p.ef_search, precision=search_precision(p.search_precision, device),
             )
             rank = np.arange(len(query)) - np.searchsorted(query, query)
         with self.stage("features"):
