@@ -70,6 +70,9 @@ def share_embedding_cache(datadir: Path, system: str) -> None:
         if "static" not in source.parent.name:
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(source, target)
+            wal = source.with_name(source.name + ".wal")  # not yet checkpointed
+            if wal.exists():
+                shutil.copyfile(wal, target.with_name(target.name + ".wal"))
             return
 
 

@@ -70,6 +70,7 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=2000)
     parser.add_argument("--k", type=int, default=20)
     parser.add_argument("--lateral-queries", type=int, default=50)
+    parser.add_argument("--tag", default="", help="added to the results file name")
     args = parser.parse_args()
     from annif_ebm.store import LabelStore, load_vss, search_precision
 
@@ -149,7 +150,8 @@ def main() -> None:
         markdown_table(rows, ["method", "queries", "seconds", "queries_per_s", "recall"]), "",
     ])
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"search-{len(store)}-labels-{datetime.date.today()}.md").write_text(
+    tag = f"-{args.tag}" if args.tag else ""
+    (RESULTS / f"search-{len(store)}-labels-{datetime.date.today()}{tag}.md").write_text(
         text, encoding="utf-8")
     print(text)
 

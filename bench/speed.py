@@ -56,6 +56,9 @@ def main() -> None:
     parser.add_argument("--docs", type=int, default=500)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="")
+    parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                        help="ebm parameter for this run, e.g. search_precision=float32")
+    parser.add_argument("--tag", default="", help="added to the results file name")
     parser.add_argument("--reference-python", help="python of a venv with ebm4subjects")
     parser.add_argument("--reference-workdir", default="work/ebm4subjects-speed")
     parser.add_argument("--reference-vocab", help="Annif TSV vocabulary (with --reference-python)")
@@ -65,21 +68,15 @@ def main() -> None:
     with open(args.corpus, encoding="utf-8") as file:
         lines = [line for line in itertools.islice(file, args.docs) if "\t" in line]
     texts = [line.split("\t", 1)[0] for line in lines]
-    overrides = {"device": args.device} if args.device else {}
+    overrides = dict(p.split("=", 1) for p in args.param)
+    if args.device:
+        overrides["device"] = args.device
 
     with annif_project(args.project) as project:
         backend = project.backend
         project.initialize()
         project.suggest([Document(text="warm up")], {"ebm": overrides})
         batches = [texts[i : i + 32] for i in range(0, len(texts), 32)]  # Annif's batches
-        end_to_end, stages = [], []
-        for _ in range(args.repeats):
-            backend.stage_seconds.clear()
-            start = time.perf_counter()
-            for batch in batches:
-                project.suggest([Document(text=t) for t in batch], {"ebm": overrides})
-            end_to_end.append(time.perf_counter() - start)
-            stages.append(dict(backend.stage_seconds))
 
         # the limit: the same chunks, encoded by the bare model, same batches
         from annif_ebm.chunking import Chunker
@@ -89,13 +86,24 @@ def main() -> None:
         embedder = backend._embedder_for(params)
         chunker = Chunker(project.language, params.max_chunk_length, params.max_chunks)
         chunk_batches = [[c for t in batch for c in chunker.chunk(t)] for batch in batches]
-        encode = []
+
+        # batch by batch alternating, so that a machine that speeds up or
+        # slows down during the run (shared cores, clocks) shifts both alike
+        end_to_end, stages, encode = [], [], []
         for _ in range(args.repeats):
-            start = time.perf_counter()
-            for chunks in chunk_batches:
+            backend.stage_seconds.clear()
+            suggest_s = encode_s = 0.0
+            for batch, chunks in zip(batches, chunk_batches):
+                start = time.perf_counter()
+                project.suggest([Document(text=t) for t in batch], {"ebm": overrides})
+                suggest_s += time.perf_counter() - start
+                start = time.perf_counter()
                 embedder.model.encode(chunks, batch_size=embedder.batch_size,
                                       normalize_embeddings=True, convert_to_numpy=True)
-            encode.append(time.perf_counter() - start)
+                encode_s += time.perf_counter() - start
+            end_to_end.append(suggest_s)
+            encode.append(encode_s)
+            stages.append(dict(backend.stage_seconds))
 
     reference = None
     if args.reference_python:
@@ -112,6 +120,8 @@ def main() -> None:
             {"measure": "pure encode s (median)", "value": limit},
             {"measure": "end-to-end suggest s (median)", "value": total},
             {"measure": "ratio end-to-end / encode", "value": total / limit},
+            {"measure": "ratio, median of the runs' own ratios",
+             "value": statistics.median(e / p for e, p in zip(end_to_end, encode))},
             {"measure": "suggest docs/s", "value": len(texts) / total}]
     if reference is not None:
         rows += [{"measure": "ebm4subjects 0.9.2 suggest docs/s (one run)", "value": reference},
@@ -126,7 +136,8 @@ def main() -> None:
         markdown_table(rows, ["measure", "value"]), "",
     ])
     RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"speed-{Path(args.corpus).parent.name}-{datetime.date.today()}.md"
+    tag = f"-{args.tag}" if args.tag else ""
+    out = RESULTS / f"speed-{Path(args.corpus).parent.name}-{datetime.date.today()}{tag}.md"
     out.write_text(text, encoding="utf-8")
     print(text)
 
