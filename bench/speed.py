@@ -81,6 +81,7 @@ def main() -> None:
         # the limit: the same chunks, encoded by the bare model, same batches
         from annif_ebm.chunking import Chunker
         from annif_ebm.params import EbmParams
+        from annif_ebm.store import search_precision
 
         params, _ = EbmParams.parse({**backend.params, **overrides})
         embedder = backend._embedder_for(params)
@@ -117,6 +118,8 @@ def main() -> None:
     rows = [{"measure": "documents", "value": len(texts)},
             {"measure": "chunks", "value": n_chunks},
             {"measure": "device", "value": ",".join(embedder.devices)},
+            {"measure": "label search precision",
+             "value": search_precision(params.search_precision, embedder.devices[0])},
             {"measure": "pure encode s (median)", "value": limit},
             {"measure": "end-to-end suggest s (median)", "value": total},
             {"measure": "ratio end-to-end / encode", "value": total / limit},
