@@ -135,6 +135,33 @@ def test_bfloat16_search_scores_its_candidates_exactly(tmp_path, monkeypatch):
     assert store._score_buffer("cpu", torch.bfloat16)[0].dtype == torch.bfloat16
 
 
+def test_identical_labels_come_in_label_order_whatever_the_precision(tmp_path):
+    # labels i, i+500 and i+1000 share a vector (one text, three concepts):
+    # their order, and which of them make the cut, must not depend on the
+    # order the search met them in (it varies with precision, batch, threads),
+    # and a label's score must not depend on the precision
+    rng = np.random.default_rng(3)
+    base = rng.normal(size=(500, 384)).astype(np.float32)
+    base /= np.linalg.norm(base, axis=1, keepdims=True)
+    vectors = np.concatenate([base, base, base])
+    labels = LabelSet(texts=[f"label {i % 500}" for i in range(1500)],
+                      concept_ids=np.arange(1500, dtype=np.int32),
+                      is_pref=np.ones(1500, dtype=bool))
+    write_store(str(tmp_path / "labels.duckdb"), labels, vectors, "test-model")
+    store = LabelStore(str(tmp_path / "labels.duckdb"))
+    queries = base[:40] + rng.normal(size=(40, 384)).astype(np.float32) * 0.05
+    found = {}
+    for precision in ("float32", "bfloat16"):
+        _, label, score = store.search(queries, 7, precision=precision)
+        found[precision] = label.reshape(40, 7), score
+        for row in found[precision][0]:
+            # two whole groups of three, then the first of the third group
+            assert (row[:6:3] < 500).all() and row[6] < 500
+            np.testing.assert_array_equal(row[:6], np.repeat(row[:6:3], 3) + [0, 500, 1000] * 2)
+    for bfloat16, float32 in zip(found["bfloat16"], found["float32"]):
+        np.testing.assert_array_equal(bfloat16, float32)  # bitwise: same labels, same scores
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("precision", ["float32", "bfloat16"])

@@ -21,7 +21,7 @@ from annif.exception import NotSupportedException, OperationFailedException
 from annif.suggestion import SuggestionBatch
 
 from . import cache, model_files
-from .embedding import Embedder, distill_static_model, resolve_device
+from .embedding import Embedder, distill_static_model
 from .features import FEATURE_NAMES, feature_matrix
 from .knn import TrainingDocuments, pool_documents
 from .labels import vocabulary_labels, vocabulary_relations
@@ -29,7 +29,7 @@ from .params import EbmParams, Kind
 from .pipeline import CandidateGenerator
 from .ranker import Ranker
 from .sampling import choose_documents
-from .store import LabelStore, search_precision, write_store
+from .store import LabelStore, write_store
 from .training_data import TrainingRun, cached_training_data, candidate_batches
 
 if TYPE_CHECKING:
@@ -162,9 +162,10 @@ class EbmBackend(AnnifBackend):
         model = self._load_model()
         params, _ = self._parse(self.params)
         if params.search == "exact":
+            # float32 only, read without torch's thread pool: a bfloat16 copy
+            # made here would start OpenMP threads, and forked --jobs workers
+            # then hang in their first torch operation (each makes its own)
             model.store.label_matrix()
-            if params.device in ("auto", "cpu") and resolve_device(params.device) == ["cpu"]:
-                model.store.label_matrix("cpu", search_precision(params.search_precision, "cpu"))
         model.store.training_documents()
 
     # ---- training ----

@@ -3,7 +3,8 @@
 The file holds every embedded label with its concept and a FLOAT[dim]
 vector. Search is exact by default: the label matrix is read once and each
 batch of chunk vectors is matched with one matrix product and a top-k (on the
-GPU when the embedder runs there). Optionally an HNSW index from DuckDB's
+GPU when the embedder runs there; in bfloat16 where that is native, with the
+candidates scored again in float32). Optionally an HNSW index from DuckDB's
 ``vss`` extension is built and queried; the extension is loaded from the
 ``duckdb-extension-vss`` package's file, never downloaded.
 """
@@ -29,7 +30,7 @@ EXACT_LABEL_BLOCK = 32768  # labels per matrix product, at most
 SCORE_BUFFER_BYTES = 64 << 20  # per thread and device, for the block's scores
 INSERT_ROWS = 10_000  # vectors copied into DuckDB at a time
 TOP_K_GROUP = 64  # columns per group in top_k's first pass
-BFLOAT16_MARGIN = 20  # extra candidates per query kept by a bfloat16 search
+SEARCH_MARGIN = 20  # extra candidates per query kept until the final top-k
 
 
 def search_precision(setting: str, device: str) -> str:
@@ -68,6 +69,19 @@ def top_k(scores, k: int):
     candidates = torch.cat([candidates, tail.expand(rows, -1)], dim=1)
     values, at = torch.topk(torch.gather(scores, 1, candidates), k, dim=1)
     return values, torch.gather(candidates, 1, at)
+
+
+def best_first(scores, labels, k: int):
+    """The ``k`` best (score, label) pairs of each row, best first, equal
+    scores in label order: which of several identical labels make the cut, and
+    in what order, never depends on the order the search found them in (that
+    order varies with the batch, the threads and the precision)."""
+    import torch
+
+    labels, by_label = torch.sort(labels, dim=1)
+    scores, order = torch.sort(torch.gather(scores, 1, by_label), dim=1,
+                               descending=True, stable=True)
+    return scores[:, :k], torch.gather(labels, 1, order[:, :k])
 
 
 def vss_extension_path() -> pathlib.Path:
@@ -323,13 +337,16 @@ class LabelStore:
         """Blocks of queries against blocks of labels, a top-k per label block
         merged into the running top-k: many queries per matrix product (BLAS
         runs faster) with a bounded score buffer, whatever the vocabulary size.
-        In bfloat16 the running top-k is wider (:data:`BFLOAT16_MARGIN`) and
-        its labels are scored again in float32 at the end."""
+        The running top-k is wider (:data:`SEARCH_MARGIN`): it holds labels
+        tied at the cut, and in bfloat16 the labels whose rounded scores
+        passed a better one. Its labels are scored again in float32, one
+        product per pair, so that a label's score never depends on the
+        precision or on the block it was found in."""
         import torch
 
         matrix = self.label_matrix(device)
         coarse = self.label_matrix(device, precision)
-        pool = k if precision == "float32" else min(len(self), k + BFLOAT16_MARGIN)
+        pool = min(len(self), k + SEARCH_MARGIN)
         buffer, rows, columns = self._score_buffer(device, coarse.dtype)
         label_parts, score_parts = [], []
         with torch.inference_mode():
@@ -350,10 +367,9 @@ class LabelStore:
                         values, at = torch.topk(values, pool, dim=1)
                         found = torch.gather(found, 1, at)
                     best_scores, best_labels = values, found
-                if coarse is not matrix:  # the candidates' float32 scores
-                    exact = torch.einsum("qd,qpd->qp", block, matrix[best_labels])
-                    best_scores, at = torch.topk(exact, k, dim=1)
-                    best_labels = torch.gather(best_labels, 1, at)
+                # every precision ends with the same float32 product per pair
+                best_scores = torch.einsum("qd,qpd->qp", block, matrix[best_labels])
+                best_scores, best_labels = best_first(best_scores, best_labels, k)
                 label_parts.append(best_labels.cpu().numpy())
                 score_parts.append(best_scores.float().cpu().numpy())
         labels = np.concatenate(label_parts).astype(np.int32).reshape(-1)
