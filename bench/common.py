@@ -10,6 +10,8 @@ import platform
 import re
 import subprocess
 import sys
+import threading
+import time
 from importlib import metadata
 from pathlib import Path
 
@@ -35,16 +37,62 @@ def annif_project(project_id: str):
         yield annif.registry.get_project(project_id)
 
 
-def timed_run(cmd: list[str], env: dict | None = None, log: Path | None = None) -> dict:
-    """Run ``cmd`` under GNU time; return wall seconds, peak RSS (MB), stdout."""
-    result = subprocess.run(
-        ["/usr/bin/time", "-v", *cmd], env=env, capture_output=True, text=True
-    )
+def timed_run(cmd: list[str], env: dict | None = None, log: Path | None = None,
+              trace: Path | None = None) -> dict:
+    """Run ``cmd`` under GNU time; return wall seconds, peak RSS (MB), stdout.
+    With ``trace``: also sample the command's RSS twice a second into that
+    file (seconds, MB, the last line it logged before) and return where the
+    peak came (``peak_after``: that last log line)."""
+    process = subprocess.Popen(["/usr/bin/time", "-v", *cmd], env=env, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    stderr_lines: list[str] = []
+    readers = [threading.Thread(target=lambda: stderr_lines.extend(process.stderr))]
+    stdout = []
+    readers.append(threading.Thread(target=lambda: stdout.append(process.stdout.read())))
+    for reader in readers:
+        reader.start()
+    samples = []
+    if trace is not None:
+        start = time.monotonic()
+        while process.poll() is None:
+            rss = _child_rss_mb(process.pid)
+            if rss is not None:
+                samples.append((time.monotonic() - start, rss, _last_log_line(stderr_lines)))
+            time.sleep(0.5)
+    process.wait()
+    for reader in readers:
+        reader.join()
+    stderr = "".join(stderr_lines)
     if log is not None:
-        log.write_text(result.stdout + "\n" + result.stderr, encoding="utf-8")
-    if result.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed:\n{result.stderr[-3000:]}")
-    return {**time_stats(result.stderr), "stdout": result.stdout}
+        log.write_text(stdout[0] + "\n" + stderr, encoding="utf-8")
+    if process.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{stderr[-3000:]}")
+    result = {**time_stats(stderr), "stdout": stdout[0]}
+    if trace is not None:
+        trace.write_text("seconds\trss_mb\tlast_log_line\n" + "".join(
+            f"{t:.1f}\t{rss:.0f}\t{line}\n" for t, rss, line in samples), encoding="utf-8")
+        if samples:
+            result["peak_after"] = max(samples, key=lambda s: s[1])[2]
+    return result
+
+
+def _last_log_line(lines: list[str]) -> str:
+    """The last line that is a log message, not a warning or its source line."""
+    for line in reversed(lines):
+        if line.strip() and not line[0].isspace() and "Warning" not in line:
+            return line.strip()
+    return ""
+
+
+def _child_rss_mb(pid: int) -> float | None:
+    """RSS (MB) of the process that ``pid`` (GNU time) runs, None before it starts."""
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        status = Path(f"/proc/{children[0]}/status").read_text()
+    except (OSError, IndexError):
+        return None
+    match = re.search(r"VmRSS:\s+(\d+) kB", status)
+    return int(match.group(1)) / 1024 if match else None
 
 
 def time_stats(text: str) -> dict:

@@ -3,7 +3,9 @@ as the training corpus grows; writes a table and a plot.
 
   python bench/memory.py [--sizes 10000,30000,100000] [--reference-python PY]
                          [--systems ebm,ebm4subjects]
-Uses yso-finna-en (train-100k.tsv, validate.tsv) from ../shared/data. Every
+Uses yso-finna-en (train-100k.tsv, validate.tsv) from ../shared/data. The RSS of each ebm
+run is sampled twice a second into WORKDIR/trace-ebm-SIZE.tsv, with the line
+it logged last, so the table says in which phase the peak came. Every
 measurement is also appended to WORKDIR/rows.jsonl; the table shows the latest
 row per system and size from there, so systems can be measured in separate runs.
 """
@@ -68,10 +70,12 @@ def main() -> None:
                 project_dir.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(args.warm_cache, project_dir / args.warm_cache.name)
             run = timed_run([annif, "train", "ebm", str(train)], env,
-                            log=workdir / f"train-ebm-{size}.log")
+                            log=workdir / f"train-ebm-{size}.log",
+                            trace=workdir / f"trace-ebm-{size}.tsv")
             new_rows.append({"system": args.name, "params": args.ebm_params, "documents": size,
                              "train_s": run["wall_s"], "peak_rss_mb": run["peak_rss_mb"],
-                             "docs_per_s": size / run["wall_s"]})
+                             "docs_per_s": size / run["wall_s"],
+                             "peak_after": run.get("peak_after", "")})
         if args.reference_python and "ebm4subjects" in systems:
             refdir = workdir / f"ebm4subjects-{size}"
             run = timed_run([args.reference_python, str(BENCH / "reference_ebm4subjects.py"),
@@ -108,7 +112,9 @@ def main() -> None:
         "# Memory scaling: annif train on yso-finna-en", "", *machine_facts(),
         f"- command: `python bench/memory.py {' '.join(sys.argv[1:])}`", "",
         markdown_table(rows, ["system", "params", "documents", "train_s", "peak_rss_mb",
-                              "docs_per_s"]),
+                              "docs_per_s", "peak_after"]),
+        "", "peak_after: the last line the run logged before its sampled RSS peak "
+        f"(twice a second; the whole trace in {workdir.name}/trace-ebm-SIZE.tsv).",
         "", *growth, "", f"![docs/s and peak RSS]({stem}.png)", "",
     ])
     (RESULTS / f"{stem}.md").write_text(text, encoding="utf-8")

@@ -65,6 +65,30 @@ def test_neighbours_vote_for_their_subjects_never_for_themselves():
     assert docs.candidates(query[:1], k=2, n_candidates=1)["concept_id"].to_list() == [10]
 
 
+def test_neighbours_in_blocks_equal_a_brute_force_search(monkeypatch):
+    # 700 training documents in blocks of 64 columns, 300 queries in blocks of
+    # 32: the merged per-block top-k is the top-k of the full score matrix,
+    # and leave-one-out drops exactly each query's own document
+    import annif_ebm.knn as knn_module
+
+    monkeypatch.setattr(knn_module, "KNN_QUERY_BLOCK", 32)
+    monkeypatch.setattr(knn_module, "KNN_BLOCK_BYTES", 4 * 32 * 64)
+    rng = np.random.default_rng(3)
+    vectors = unit(*rng.normal(size=(700, 16)))
+    docs = TrainingDocuments.from_pairs(vectors, np.arange(700), np.zeros(700, dtype=np.int64))
+    own = rng.permutation(700)[:300]
+    queries = unit(*(vectors[own] + rng.normal(size=(300, 16)) * 0.3))
+    scores = queries @ vectors.T
+    query, neighbour, similarity, rank = docs.neighbours(queries, 5)
+    np.testing.assert_array_equal(neighbour.reshape(300, 5), np.argsort(-scores, axis=1)[:, :5])
+    np.testing.assert_allclose(similarity, scores[query, neighbour], rtol=1e-5)
+    assert rank.tolist() == [0, 1, 2, 3, 4] * 300
+    masked = scores.copy()
+    masked[np.arange(300), own] = -np.inf
+    _, neighbour, _, _ = docs.neighbours(queries, 5, own_doc=own)
+    np.testing.assert_array_equal(neighbour.reshape(300, 5), np.argsort(-masked, axis=1)[:, :5])
+
+
 def test_training_documents_round_trip_through_the_store(tmp_path, embedder):
     labels = LabelSet(["Economics"], np.array([3], dtype=np.int32), np.array([True]))
     path = str(tmp_path / "labels.duckdb")

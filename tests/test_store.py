@@ -82,7 +82,7 @@ def test_exact_search_over_label_and_query_blocks_equals_brute_force(tmp_path, m
 @pytest.mark.parametrize("columns", [100, 4096, 5037])
 def test_grouped_top_k_equals_a_plain_top_k(columns):
     # 5037: a ragged tail after the last full group; rounding makes ties
-    from annif_ebm.store import top_k
+    from annif_ebm.topk import top_k
 
     rng = np.random.default_rng(columns)
     for scores in (rng.normal(size=(50, columns)), rng.normal(size=(50, columns)).round(1)):

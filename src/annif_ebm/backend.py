@@ -210,13 +210,13 @@ class EbmBackend(AnnifBackend):
             run = TrainingRun(self.datadir, p.duckdb_threads)
             store = self._build_store(labels, embedder, run, p, store_file, static_dir)
             generator = CandidateGenerator(self.project.language, embedder, store, p)
+            del embedder  # the generator's until the chunks are embedded
             self._collect_training_data(corpus, sample, generator, run, p, static_dir)
             train_path = run.finish()
             dimension = store.dimension
-            # the ranker trains from disk: let the embedding model, the label
-            # matrix and the kNN vectors go first (they would add to its peak)
-            del generator, store, embedder
-            self._forget_embedder()
+            # the ranker trains from disk: let the label matrix and the kNN
+            # vectors go first (they would add to its peak)
+            del generator, store
             metadata = model_files.ModelMetadata(
                 store_file=store_file,
                 ranker_file=ranker_file,
@@ -286,8 +286,14 @@ class EbmBackend(AnnifBackend):
                 embedder.encode_queries, _show_progress(),
             )
         self.info(f"embedded {embedded} new chunks (the rest from the embedding cache)")
+        # the rest needs only the stored vectors: the embedding model would
+        # add to the peak of the candidate phase
+        del embedder
+        generator.drop_embedder()
+        self._forget_embedder()
         if "knn" not in disabled or "prior" not in disabled:
-            generator.store.add_training_documents(self._training_documents(run, embedder.dimension))
+            generator.store.add_training_documents(
+                self._training_documents(run, generator.store.dimension))
             self.info(f"stored {run.n_docs} training documents for kNN and priors")
         # the sample's documents come first in the run: 0 .. n_selected - 1
         with tqdm(total=sample.n_selected, desc="train candidates", unit="doc",

@@ -15,7 +15,12 @@ import dataclasses
 import numpy as np
 import polars as pl
 
-KNN_BLOCK_BYTES = 64 << 20  # score matrix per block of query documents
+from .topk import blocked_top_k
+
+# scores held at once: query documents x a block of training documents, so
+# memory does not grow with the number of training documents
+KNN_BLOCK_BYTES = 16 << 20
+KNN_QUERY_BLOCK = 256  # query documents per matrix product, at most
 
 KNN_SCHEMA = {
     "doc": pl.UInt32,
@@ -107,17 +112,17 @@ class TrainingDocuments:
             empty = np.zeros(0, dtype=np.int64)
             return empty, empty, np.zeros(0, dtype=np.float32), empty
         matrix = self._torch_matrix()
-        block = max(1, KNN_BLOCK_BYTES // (4 * len(self)))
+        rows = min(len(queries), KNN_QUERY_BLOCK)
+        columns = max(k + 1, KNN_BLOCK_BYTES // (4 * rows))
         index_parts, score_parts = [], []
         with torch.inference_mode():
-            for start in range(0, len(queries), block):
-                scores = torch.from_numpy(queries[start : start + block]) @ matrix.T
-                if own_doc is not None:
-                    rows = torch.arange(len(scores))
-                    scores[rows, torch.from_numpy(own_doc[start : start + block])] = -np.inf
-                top = torch.topk(scores, k, dim=1)
-                index_parts.append(top.indices.numpy())
-                score_parts.append(top.values.numpy())
+            for start in range(0, len(queries), rows):
+                exclude = None if own_doc is None else torch.from_numpy(
+                    np.asarray(own_doc[start : start + rows], dtype=np.int64))
+                values, found = blocked_top_k(torch.from_numpy(queries[start : start + rows]),
+                                              matrix, k, columns, exclude=exclude)
+                index_parts.append(found.numpy())
+                score_parts.append(values.numpy())
         neighbour = np.concatenate(index_parts).reshape(-1)
         similarity = np.concatenate(score_parts).reshape(-1)
         query = np.repeat(np.arange(len(queries), dtype=np.int64), k)

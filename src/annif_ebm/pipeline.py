@@ -53,6 +53,8 @@ class CandidateGenerator:
                  params: EbmParams) -> None:
         self.chunker = Chunker(language, params.max_chunk_length, params.max_chunks)
         self.embedder = embedder
+        # where the label search runs: the embedder's (first) device
+        self.device = embedder.devices[0] if embedder is not None else "cpu"
         self.store = store
         self.params = params
         self.stage_seconds: collections.Counter = collections.Counter()
@@ -63,6 +65,11 @@ class CandidateGenerator:
         start = time.perf_counter()
         yield
         self.stage_seconds[name] += time.perf_counter() - start
+
+    def drop_embedder(self) -> None:
+        """Let the embedding model go: training needs only the stored vectors
+        once its chunks are embedded (candidates_from_vectors)."""
+        self.embedder = None
 
     def chunk(self, texts: list[str]) -> ChunkedTexts:
         with self.stage("chunk"):
@@ -106,11 +113,11 @@ class CandidateGenerator:
                        n_chunks: np.ndarray, vectors: np.ndarray) -> pl.DataFrame:
         """Candidates from the nearest labels of each chunk."""
         p = self.params
-        device = self.embedder.devices[0] if self.embedder is not None else "cpu"
         with self.stage("search"):
             query, label, score = self.store.search(
-                vectors, p.candidates_per_chunk, p.search, device=device,
-                ef_search=p.ef_search, precision=search_precision(p.search_precision, device),
+                vectors, p.candidates_per_chunk, p.search, device=self.device,
+                ef_search=p.ef_search,
+                precision=search_precision(p.search_precision, self.device),
             )
             rank = np.arange(len(query)) - np.searchsorted(query, query)
         with self.stage("features"):

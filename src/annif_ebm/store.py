@@ -24,12 +24,12 @@ from annif.exception import OperationFailedException
 
 from .knn import TrainingDocuments
 from .labels import LabelSet, Relations
+from .topk import blocked_top_k
 
 EXACT_QUERY_BLOCK = 1024  # chunk vectors per matrix product, at most
 EXACT_LABEL_BLOCK = 32768  # labels per matrix product, at most
 SCORE_BUFFER_BYTES = 64 << 20  # per thread and device, for the block's scores
 INSERT_ROWS = 10_000  # vectors copied into DuckDB at a time
-TOP_K_GROUP = 64  # columns per group in top_k's first pass
 SEARCH_MARGIN = 20  # extra candidates per query kept until the final top-k
 
 
@@ -46,29 +46,6 @@ def search_precision(setting: str, device: str) -> str:
     native = (getattr(torch.cpu, name, lambda: False)()
               for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"))
     return "bfloat16" if device == "cpu" and any(native) else "float32"
-
-
-def top_k(scores, k: int):
-    """Exact top ``k`` of each row, best first, as (values, column indices).
-
-    The ``k`` groups of :data:`TOP_K_GROUP` columns with the highest maxima
-    hold the ``k`` best columns, so only they (and a ragged tail) are
-    searched: a plain top-k over all columns takes three times longer on CPU.
-    """
-    import torch
-
-    rows, columns = scores.shape
-    groups = columns // TOP_K_GROUP
-    if groups <= 2 * k:
-        return torch.topk(scores, k, dim=1)
-    grouped = scores.as_strided((rows, groups, TOP_K_GROUP), (scores.stride(0), TOP_K_GROUP, 1))
-    best_groups = torch.topk(grouped.amax(dim=2), k, dim=1, sorted=False).indices
-    within = torch.arange(TOP_K_GROUP, device=scores.device)
-    candidates = (best_groups.unsqueeze(2) * TOP_K_GROUP + within).reshape(rows, -1)
-    tail = torch.arange(groups * TOP_K_GROUP, columns, device=scores.device)
-    candidates = torch.cat([candidates, tail.expand(rows, -1)], dim=1)
-    values, at = torch.topk(torch.gather(scores, 1, candidates), k, dim=1)
-    return values, torch.gather(candidates, 1, at)
 
 
 def best_first(scores, labels, k: int):
@@ -354,19 +331,7 @@ class LabelStore:
                 block = torch.from_numpy(queries[start : start + rows]).to(
                     device=device, dtype=matrix.dtype)
                 coarse_block = block.to(coarse.dtype)
-                best_scores = best_labels = None
-                for first in range(0, len(coarse), columns):
-                    labels = coarse[first : first + columns]
-                    out = buffer[: len(block) * len(labels)].view(len(block), len(labels))
-                    scores = torch.matmul(coarse_block, labels.T, out=out)
-                    values, found = top_k(scores, min(pool, len(labels)))
-                    found += first
-                    if best_scores is not None:
-                        values = torch.cat([best_scores, values], dim=1)
-                        found = torch.cat([best_labels, found], dim=1)
-                        values, at = torch.topk(values, pool, dim=1)
-                        found = torch.gather(found, 1, at)
-                    best_scores, best_labels = values, found
+                _, best_labels = blocked_top_k(coarse_block, coarse, pool, columns, buffer)
                 # every precision ends with the same float32 product per pair
                 best_scores = torch.einsum("qd,qpd->qp", block, matrix[best_labels])
                 best_scores, best_labels = best_first(best_scores, best_labels, k)

@@ -26,13 +26,12 @@ from .features import FEATURE_NAMES
 from .model_files import tmp_name
 
 TRAIN_FILE = "ebm-train.duckdb"
-# DuckDB's buffer pool for the run: it spills joins and sorts to disk beyond
-# this, and otherwise keeps table pages cached up to it, so it bounds how much
-# memory the run's tables take however large the corpus
-DUCKDB_MEMORY_LIMIT = "256MB"
-# reading the candidates back needs no more: DuckDB would otherwise keep the
-# pages it read cached up to its limit, so memory would grow with the corpus
-READ_MEMORY_LIMIT = "64MB"
+# DuckDB's buffer pool, for the run and for reading its candidates back: it
+# spills joins and sorts to disk beyond this, and otherwise keeps the pages it
+# wrote or read cached up to it, so it bounds how much memory the run's tables
+# take however large the corpus (queries over all texts, such as the distinct
+# texts to embed, spill; the others read bounded ranges)
+DUCKDB_MEMORY_LIMIT = "64MB"
 JOIN_ROWS = 32768  # rows per join of texts with their cached vectors
 RANKER_BATCH_DOCS = 5000  # documents per batch when the ranker reads candidates
 
@@ -140,6 +139,11 @@ class TrainingRun:
                 "WHERE ch.doc >= ? AND ch.doc < ? ORDER BY ch.doc, ch.pos",
                 [first, first + docs_per_join],
             )
+        # the rest reads chunk_vectors and gold by ranges: the texts and the
+        # cache are done with
+        self._con.execute("DROP TABLE chunks")
+        self._con.execute(f"DETACH DATABASE IF EXISTS {cache.ALIAS}")
+        self._con.execute("CHECKPOINT")
         return embedded
 
     def chunk_batches(self, docs_per_batch: int, n_docs: int) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
@@ -155,7 +159,8 @@ class TrainingRun:
             doc = (arrow.column("doc").to_numpy() - first).astype(np.uint32)
             position = arrow.column("pos").to_numpy().astype(np.uint32)
             flat = arrow.column("vec").combine_chunks().values.to_numpy()
-            vectors = flat.reshape(len(doc), self._dimension).astype(np.float32, copy=False)
+            # a copy: Arrow's buffers are read-only, and torch warns of those
+            vectors = flat.reshape(len(doc), self._dimension).astype(np.float32)
             n_chunks = np.bincount(doc, minlength=last - first)
             yield first, doc, position, n_chunks, vectors
 
@@ -185,7 +190,7 @@ class TrainingRun:
         for table in ("chunks", "chunk_vectors", "gold"):
             self._con.execute(f"DROP TABLE IF EXISTS {table}")
         self._con.execute("CHECKPOINT")
-        self._con.execute(f"DETACH {cache.ALIAS}")
+        self._con.execute(f"DETACH DATABASE IF EXISTS {cache.ALIAS}")
         self._con.close()
         self._con = None
         return self._path
@@ -215,7 +220,7 @@ def candidate_batches(path: str, backend_id: str) -> Iterator[tuple[np.ndarray, 
         )
     try:
         with duckdb.connect(path, read_only=True,
-                            config={"memory_limit": READ_MEMORY_LIMIT}) as con:
+                            config={"memory_limit": DUCKDB_MEMORY_LIMIT}) as con:
             (n_docs,) = con.execute("SELECT coalesce(max(doc) + 1, 0) FROM candidates").fetchone()
             for first in range(0, n_docs, RANKER_BATCH_DOCS):
                 columns = con.execute(
