@@ -35,6 +35,7 @@ def main() -> None:
     parser.add_argument("--name", default="ebm",
                         help="system name in the table (e.g. for an older checkout "
                              "put first on PYTHONPATH)")
+    parser.add_argument("--tag", default="", help="added to the results file name")
     parser.add_argument("--ebm-params", default="",
                         help="extra ebm project lines, e.g. 'max_train_docs=0'")
     parser.add_argument("--warm-cache", type=Path,
@@ -106,7 +107,7 @@ def main() -> None:
             growth.append(f"- {system}: peak RSS {own[-1]['documents']}/{own[0]['documents']} "
                           f"documents = {own[-1]['peak_rss_mb'] / own[0]['peak_rss_mb']:.2f}x")
     RESULTS.mkdir(exist_ok=True)
-    stem = f"memory-yso-finna-en-{datetime.date.today()}"
+    stem = f"memory-yso-finna-en-{datetime.date.today()}{f'-{args.tag}' if args.tag else ''}"
     plot(rows, RESULTS / f"{stem}.png")
     text = "\n".join([
         "# Memory scaling: annif train on yso-finna-en", "", *machine_facts(),

@@ -116,3 +116,34 @@ def test_missing_features_are_read_back_as_nan(tmp_path, embedder):
 def test_missing_cached_training_data_is_a_clear_error(tmp_path):
     with pytest.raises(NotInitializedException, match="train without --cached"):
         next(candidate_batches(cached_training_data(str(tmp_path)), "p"))
+
+
+def test_a_run_larger_than_its_memory_limit_joins_and_reads_back_in_order(tmp_path, monkeypatch):
+    # 30,000 chunk vectors (46 MB) through a 32 MB DuckDB pool: the run must
+    # spill or stream, never fail with DuckDB's out-of-memory error. Random
+    # vectors stand in for the model: the point is the run's memory use.
+    import annif_ebm.training_data as training_data
+
+    monkeypatch.setattr(training_data, "DUCKDB_MEMORY_LIMIT", "32MB")
+    run = TrainingRun(str(tmp_path), threads=2)
+    for first in range(0, 20_000, 500):
+        doc = np.repeat(np.arange(500, dtype=np.uint32), 1 + np.arange(500) % 2)
+        position = (np.arange(len(doc)) - np.searchsorted(doc, doc)).astype(np.uint32)
+        texts = [f"chunk {first + d} {p}" for d, p in zip(doc, position)]
+        run.add_documents(doc, position, texts, [[d % 50] for d in range(500)])
+
+    def encode(texts):  # a text's vector depends on the text alone
+        return np.stack([np.random.default_rng(int(t.split()[1]) * 2 + int(t.split()[2]))
+                         .normal(size=384).astype(np.float32) for t in texts])
+
+    assert run.embed_chunks(SPACE_B, 384, encode, False) == 30_000
+    seen = 0
+    for first, doc, position, n_chunks, vectors in run.chunk_batches(1024, run.n_docs):
+        assert (np.diff(doc.astype(np.int64)) >= 0).all()
+        assert n_chunks.tolist() == [1 + (first + d) % 2 for d in range(len(n_chunks))]
+        some = np.flatnonzero(position == 1)[:3]
+        expected = encode([f"chunk {first + doc[i]} 1" for i in some])
+        np.testing.assert_array_equal(vectors[some], expected)
+        seen += len(doc)
+    assert seen == 30_000
+    run.abort()

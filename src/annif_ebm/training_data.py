@@ -32,7 +32,13 @@ TRAIN_FILE = "ebm-train.duckdb"
 # take however large the corpus (queries over all texts, such as the distinct
 # texts to embed, spill; the others read bounded ranges)
 DUCKDB_MEMORY_LIMIT = "64MB"
-JOIN_ROWS = 32768  # rows per join of texts with their cached vectors
+# vectors per join of texts with their cached ones: an INSERT holds its new
+# rows in the pool until it commits, so a join must fit well inside the limit
+JOIN_BYTES = 16 << 20
+
+
+def _join_rows(dimension: int) -> int:
+    return max(1, JOIN_BYTES // (4 * dimension))
 RANKER_BATCH_DOCS = 5000  # documents per batch when the ranker reads candidates
 
 _CANDIDATE_COLUMNS = ", ".join(f"{name} FLOAT" for name in FEATURE_NAMES)
@@ -103,11 +109,12 @@ class TrainingRun:
                               encode, "labels", progress)
         vectors = np.zeros((len(texts), dimension), dtype=np.float32)
         found = 0
-        for start in range(0, len(texts), JOIN_ROWS):  # bounded joins, nothing to sort
+        rows_per_join = _join_rows(dimension)
+        for start in range(0, len(texts), rows_per_join):  # bounded joins, nothing to sort
             arrow = self._con.execute(
                 f"SELECT l.i, c.vec FROM label_texts l JOIN {table} c "
                 "ON md5_number(l.text) = c.key WHERE l.i >= ? AND l.i < ?",
-                [start, start + JOIN_ROWS],
+                [start, start + rows_per_join],
             ).to_arrow_table()
             rows = arrow.column("i").to_numpy()
             vectors[rows] = arrow.column("vec").combine_chunks().values.to_numpy().reshape(
@@ -129,14 +136,15 @@ class TrainingRun:
                               encode, "train chunks", progress)
         self._con.execute(f"CREATE TABLE chunk_vectors (doc BIGINT, pos INTEGER, vec FLOAT[{dimension}])")
         (n_chunks,) = self._con.execute("SELECT count(*) FROM chunks").fetchone()
-        docs_per_join = max(1, JOIN_ROWS * self.n_docs // max(n_chunks, 1))
+        docs_per_join = max(1, _join_rows(dimension) * self.n_docs // max(n_chunks, 1))
         for first in range(0, self.n_docs, docs_per_join):
             # a range of documents at a time: the join builds on that range's
-            # chunks and streams the cache; the sort stays small
+            # chunks and streams the cache; unsorted (chunk_batches sorts each
+            # range it reads), as a sort here ran out of the pool
             self._con.execute(
                 "INSERT INTO chunk_vectors SELECT ch.doc, ch.pos, c.vec FROM chunks ch "
                 f"JOIN {table} c ON md5_number(ch.text) = c.key "
-                "WHERE ch.doc >= ? AND ch.doc < ? ORDER BY ch.doc, ch.pos",
+                "WHERE ch.doc >= ? AND ch.doc < ?",
                 [first, first + docs_per_join],
             )
         # the rest reads chunk_vectors and gold by ranges: the texts and the
