@@ -69,7 +69,7 @@ def main() -> None:
                 cached.unlink()
             if args.warm_cache:
                 project_dir.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(args.warm_cache, project_dir / args.warm_cache.name)
+                shutil.copyfile(args.warm_cache, project_dir / "ebm-train-embeddings.duckdb")
             run = timed_run([annif, "train", "ebm", str(train)], env,
                             log=workdir / f"train-ebm-{size}.log",
                             trace=workdir / f"trace-ebm-{size}.tsv")

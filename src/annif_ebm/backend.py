@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import collections
+import ctypes
 import dataclasses
+import functools
 import gc
 import itertools
 import json
@@ -23,7 +25,7 @@ from annif.suggestion import SuggestionBatch
 from . import cache, model_files
 from .embedding import Embedder, distill_static_model
 from .features import FEATURE_NAMES, feature_matrix
-from .knn import TrainingDocuments, pool_documents
+from .knn import VECTOR_DTYPE, TrainingDocuments, pool_documents
 from .labels import vocabulary_labels, vocabulary_relations
 from .params import EbmParams, Kind
 from .pipeline import CandidateGenerator
@@ -54,6 +56,23 @@ def _batched(iterable, size: int):
     iterator = iter(iterable)
     while batch := list(itertools.islice(iterator, size)):
         yield batch
+
+
+@functools.cache
+def _libc_malloc_trim():
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return None
+
+
+def _return_free_heap() -> None:
+    """Give the C heap's free pages back to the system (glibc only). Batches of
+    differently sized arrays leave the heap fragmented: without this the
+    candidate phase held 100-150 MB more at 100k training documents."""
+    trim = _libc_malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 def _embedder_key(params: EbmParams) -> str:
@@ -291,6 +310,7 @@ class EbmBackend(AnnifBackend):
         del embedder
         generator.drop_embedder()
         self._forget_embedder()
+        _return_free_heap()
         if "knn" not in disabled or "prior" not in disabled:
             generator.store.add_training_documents(
                 self._training_documents(run, generator.store.dimension))
@@ -304,6 +324,8 @@ class EbmBackend(AnnifBackend):
                 candidates = generator.candidates_from_vectors(
                     doc, position, n_chunks, vectors, own_docs)
                 run.add_candidates(first, first + len(n_chunks), candidates)
+                del candidates, vectors
+                _return_free_heap()
                 bar.update(len(n_chunks))
         self.info(
             f"collected {run.n_rows} candidates from {sample.n_selected} documents; "
@@ -313,7 +335,7 @@ class EbmBackend(AnnifBackend):
     @staticmethod
     def _training_documents(run: TrainingRun, dimension: int) -> TrainingDocuments:
         """The run's documents as pooled chunk vectors with their gold subjects."""
-        vectors = np.zeros((run.n_docs, dimension), dtype=np.float32)
+        vectors = np.zeros((run.n_docs, dimension), dtype=VECTOR_DTYPE)
         for first, doc, _, n_chunks, chunk_vectors in run.chunk_batches(TRAIN_BATCH_DOCS, run.n_docs):
             vectors[first : first + len(n_chunks)] = pool_documents(doc, chunk_vectors, len(n_chunks))
         return TrainingDocuments.from_pairs(vectors, *run.gold_pairs())

@@ -22,7 +22,7 @@ import polars as pl
 
 from annif.exception import OperationFailedException
 
-from .knn import TrainingDocuments
+from .knn import VECTOR_DTYPE, TrainingDocuments
 from .labels import LabelSet, Relations
 from .topk import blocked_top_k
 
@@ -30,6 +30,9 @@ EXACT_QUERY_BLOCK = 1024  # chunk vectors per matrix product, at most
 EXACT_LABEL_BLOCK = 32768  # labels per matrix product, at most
 SCORE_BUFFER_BYTES = 64 << 20  # per thread and device, for the block's scores
 INSERT_ROWS = 10_000  # vectors copied into DuckDB at a time
+# DuckDB's buffer pool while adding the training documents: it writes the
+# pages beyond this to the file instead of holding all of them until the end
+WRITE_MEMORY_LIMIT = "64MB"
 SEARCH_MARGIN = 20  # extra candidates per query kept until the final top-k
 
 
@@ -88,8 +91,10 @@ def load_vss(con: duckdb.DuckDBPyConnection) -> None:
     con.execute(f"LOAD {_quoted(vss_extension_path())}")
 
 
-def _connect(threads: int) -> duckdb.DuckDBPyConnection:
+def _connect(threads: int, memory_limit: str | None = None) -> duckdb.DuckDBPyConnection:
     config = {"threads": threads} if threads else {}
+    if memory_limit:
+        config["memory_limit"] = memory_limit
     return duckdb.connect(":memory:", config=config)
 
 
@@ -221,13 +226,13 @@ class LabelStore:
         while training, before anything reads the store."""
         dim = documents.vectors.shape[1]
         doc = np.repeat(np.arange(len(documents), dtype=np.int32), np.diff(documents.offsets))
-        con = _connect(self.threads)
+        con = _connect(self.threads, WRITE_MEMORY_LIMIT)
         try:
             con.execute(f"ATTACH {_quoted(self.path)} AS store")
             con.execute(f"CREATE TABLE store.train_docs (doc INTEGER, vec FLOAT[{dim}])")
             con.execute("CREATE TABLE store.train_subjects (doc INTEGER, concept_id INTEGER)")
             for start in range(0, len(documents), INSERT_ROWS):  # bounded copies
-                vectors = documents.vectors[start : start + INSERT_ROWS]
+                vectors = documents.vectors[start : start + INSERT_ROWS].astype(np.float32)
                 con.register("new_docs", pl.DataFrame({
                     "doc": np.arange(start, start + len(vectors), dtype=np.int32),
                     "vec": vectors}))
@@ -252,7 +257,7 @@ class LabelStore:
                     pairs = con.execute(
                         "SELECT doc, concept_id FROM store.train_subjects").fetchnumpy()
                 flat = table.column("vec").combine_chunks().values.to_numpy()
-                vectors = flat.astype(np.float32).reshape(table.num_rows, -1)
+                vectors = flat.astype(VECTOR_DTYPE).reshape(table.num_rows, -1)
                 self._training_documents = TrainingDocuments.from_pairs(
                     vectors, np.asarray(pairs["doc"]), np.asarray(pairs["concept_id"]))
             return self._training_documents

@@ -40,13 +40,14 @@ def blocked_top_k(queries, matrix, k: int, block_rows: int, buffer=None, exclude
     product, so the scores held at once are ``len(queries) * block_rows``
     (written into the flat ``buffer`` where given). ``exclude``: one row index
     per query that is never among its results (leave-one-out; ``k`` smaller
-    than ``len(matrix)``)."""
+    than ``len(matrix)``). A block of ``matrix`` in another dtype than the
+    queries is taken to theirs for its product."""
     import torch
 
     rows = torch.arange(len(queries), device=queries.device)
     best_values = best_rows = None
     for first in range(0, len(matrix), block_rows):
-        part = matrix[first : first + block_rows]
+        part = matrix[first : first + block_rows].to(queries.dtype)
         out = None if buffer is None else buffer[: len(queries) * len(part)].view(
             len(queries), len(part))
         scores = torch.matmul(queries, part.T, out=out)
