@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 
 import metrics
+from annif_ebm.cache import CACHE_FILE
 from common import (BENCH, DATA_ROOT, DATASETS, RESULTS, machine_facts, markdown_table,
                     time_stats, timed_run)
 
@@ -56,17 +57,16 @@ def projects_cfg(backends: list[str], weights: dict[str, float]) -> str:
     return "\n".join(sections)
 
 
-EMBEDDING_CACHE = "ebm-train-embeddings.duckdb"
 
 
 def share_embedding_cache(datadir: Path, system: str) -> None:
     """Give an ebm variant the embedding cache of one trained before it (same
     model, possibly in an earlier run in this workdir), so the variants differ
     only in what they measure."""
-    target = datadir / "projects" / system / EMBEDDING_CACHE
+    target = datadir / "projects" / system / CACHE_FILE
     if not system.startswith("ebm") or "static" in system or target.exists():
         return
-    for source in sorted((datadir / "projects").glob(f"ebm*/{EMBEDDING_CACHE}")):
+    for source in sorted((datadir / "projects").glob(f"ebm*/{CACHE_FILE}")):
         if "static" not in source.parent.name:
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(source, target)

@@ -21,6 +21,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from annif_ebm.cache import CACHE_FILE
 from common import BENCH, DATA_ROOT, RESULTS, machine_facts, markdown_table, timed_run
 
 
@@ -65,11 +66,11 @@ def main() -> None:
         if "ebm" in systems:
             # cold: no embedding cache from an earlier size (or a given warm one)
             project_dir = workdir / "data" / "projects" / "ebm"
-            for cached in project_dir.glob("ebm-train-embeddings*"):
+            for cached in project_dir.glob(f"{CACHE_FILE}*"):
                 cached.unlink()
             if args.warm_cache:
                 project_dir.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(args.warm_cache, project_dir / "ebm-train-embeddings.duckdb")
+                shutil.copyfile(args.warm_cache, project_dir / CACHE_FILE)
             run = timed_run([annif, "train", "ebm", str(train)], env,
                             log=workdir / f"train-ebm-{size}.log",
                             trace=workdir / f"trace-ebm-{size}.tsv")

@@ -35,13 +35,14 @@ DUCKDB_MEMORY_LIMIT = "64MB"
 # vectors per join of texts with their cached ones: an INSERT holds its new
 # rows in the pool until it commits, so a join must fit well inside the limit
 JOIN_BYTES = 16 << 20
-
-
-def _join_rows(dimension: int) -> int:
-    return max(1, JOIN_BYTES // (4 * dimension))
 RANKER_BATCH_DOCS = 5000  # documents per batch when the ranker reads candidates
 
 _CANDIDATE_COLUMNS = ", ".join(f"{name} FLOAT" for name in FEATURE_NAMES)
+
+
+def _join_rows(dimension: int) -> int:
+    """Rows of ``dimension``-float vectors in :data:`JOIN_BYTES`."""
+    return max(1, JOIN_BYTES // (4 * dimension))
 
 
 def _remove(*paths: str) -> None:
