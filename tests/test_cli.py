@@ -98,7 +98,13 @@ def test_conflicting_model_setting_is_a_clear_error(trained_env):
     )
     assert result.returncode != 0
     assert "truncate_dim" in result.stderr and "64" in result.stderr
+    assert "it defines the stored vectors" in result.stderr
     assert "Traceback" not in result.stderr
+    result = trained_env.run(
+        "suggest", "ebm-en", "-b", "ebm.knn_neighbors=5", stdin=TEXT, check=False
+    )
+    assert result.returncode != 0 and "knn_neighbors" in result.stderr
+    assert "it defines the ranker's features" in result.stderr
 
 
 def test_bad_parameter_value_is_a_clear_error(trained_env):

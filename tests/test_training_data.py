@@ -7,10 +7,10 @@ import polars as pl
 import pytest
 from annif.exception import NotInitializedException
 
-from annif_ebm import cache
+from annif_ebm import cache, duckdb_pool
 from annif_ebm.features import FEATURE_NAMES
 from annif_ebm.training_data import (TRAIN_FILE, TrainingRun, cached_training_data,
-                                     candidate_batches)
+                                     candidate_batches, stored_metadata)
 
 LABELS = ["Economics", "Labour market", "Neural networks", "Economics"]
 SPACE_A = cache.space_table({"model": "m", "role": "document"})
@@ -86,9 +86,10 @@ def test_candidates_are_labelled_with_gold_and_published(tmp_path, embedder):
     run.add_candidates(0, 2, candidates([0, 0, 1], [7, 8, 8]))  # doc 0 gold 7, doc 1 gold 8, 9
     run.add_candidates(2, 3, candidates([0, 0], [7, 9]))  # doc 2 gold 7
     assert run.n_rows == 5
-    path = run.finish()
+    path = run.finish({"store_file": "ebm-labels-x.duckdb"})
     assert not os.path.exists(tmp_path / TRAIN_FILE)  # not before the ranker is saved
-    batches = list(candidate_batches(path, "p"))
+    assert stored_metadata(path) == {"store_file": "ebm-labels-x.duckdb"}
+    batches = list(candidate_batches(path, "p", str(tmp_path)))
     features = np.concatenate([f for f, _ in batches])
     gold = np.concatenate([g for _, g in batches])
     assert gold.tolist() == [True, False, True, True, False]
@@ -96,7 +97,9 @@ def test_candidates_are_labelled_with_gold_and_published(tmp_path, embedder):
     assert features[0].tolist() == [float(i) for i in range(len(FEATURE_NAMES))]
     run.publish()
     assert os.path.exists(tmp_path / TRAIN_FILE) and not os.path.exists(path)
-    assert len(list(candidate_batches(cached_training_data(str(tmp_path)), "p"))) == 1
+    assert len(list(candidate_batches(cached_training_data(str(tmp_path)), "p",
+                                      str(tmp_path)))) == 1
+    assert not list(tmp_path.glob(duckdb_pool.SPILL_PREFIX + "*"))  # spill folders removed
 
 
 def test_missing_features_are_read_back_as_nan(tmp_path, embedder):
@@ -107,7 +110,7 @@ def test_missing_features_are_read_back_as_nan(tmp_path, embedder):
         pl.when(pl.col("concept_id") == 8).then(None).otherwise(pl.col(FEATURE_NAMES[-1]))
         .alias(FEATURE_NAMES[-1]))
     run.add_candidates(0, 2, rows)
-    features, gold = next(candidate_batches(run.finish(), "p"))
+    features, gold = next(candidate_batches(run.finish({}), "p", str(tmp_path)))
     assert features.dtype == np.float32 and gold.tolist() == [True, True]
     assert features[0, -1] == len(FEATURE_NAMES) - 1 and np.isnan(features[1, -1])
     assert not np.isnan(features[:, :-1]).any()
@@ -115,16 +118,14 @@ def test_missing_features_are_read_back_as_nan(tmp_path, embedder):
 
 def test_missing_cached_training_data_is_a_clear_error(tmp_path):
     with pytest.raises(NotInitializedException, match="train without --cached"):
-        next(candidate_batches(cached_training_data(str(tmp_path)), "p"))
+        next(candidate_batches(cached_training_data(str(tmp_path)), "p", str(tmp_path)))
 
 
 def test_a_run_larger_than_its_memory_limit_joins_and_reads_back_in_order(tmp_path, monkeypatch):
     # 30,000 chunk vectors (46 MB) through a 32 MB DuckDB pool: the run must
     # spill or stream, never fail with DuckDB's out-of-memory error. Random
     # vectors stand in for the model: the point is the run's memory use.
-    import annif_ebm.training_data as training_data
-
-    monkeypatch.setattr(training_data, "DUCKDB_MEMORY_LIMIT", "32MB")
+    monkeypatch.setattr(duckdb_pool, "MEMORY_LIMIT_MB", 32)
     run = TrainingRun(str(tmp_path), threads=2)
     for first in range(0, 20_000, 500):
         doc = np.repeat(np.arange(500, dtype=np.uint32), 1 + np.arange(500) % 2)
@@ -147,6 +148,58 @@ def test_a_run_larger_than_its_memory_limit_joins_and_reads_back_in_order(tmp_pa
         seen += len(doc)
     assert seen == 30_000
     run.abort()
+
+
+def test_candidates_of_five_times_the_pool_are_stored_and_read_back(tmp_path, monkeypatch):
+    # 27,648 documents x 50 candidates = 1.4M rows of 28 features (171 MB,
+    # 5x the 32 MB pool), written as training writes them (256 documents at a
+    # time) and read back for the ranker in bounded batches of whole
+    # documents, in order. Read under the pool of a read-only connection
+    # without a spill folder, this failed with "Out of Memory Error" (issue 16).
+    import annif_ebm.training_data as training_data
+
+    monkeypatch.setattr(duckdb_pool, "MEMORY_LIMIT_MB", 32)
+    run = TrainingRun(str(tmp_path), threads=2)
+    n_docs, per_doc, batch_docs = 108 * 256, 50, 256
+    for first in range(0, n_docs, batch_docs):
+        run.add_documents(np.zeros(0, np.uint32), np.zeros(0, np.uint32), [],
+                          [[(first + d) % 97] for d in range(batch_docs)])
+        doc = np.repeat(np.arange(batch_docs, dtype=np.uint32), per_doc)
+        concept = np.tile(np.arange(per_doc, dtype=np.int32) * 2, batch_docs)
+        frame = {"doc": pl.Series(doc), "concept_id": pl.Series(concept)}
+        for i, name in enumerate(FEATURE_NAMES):
+            frame[name] = pl.Series((first + doc).astype(np.float32) + i / 100)
+        run.add_candidates(first, first + batch_docs, pl.DataFrame(frame))
+    path = run.finish({})
+    assert n_docs * per_doc * (8 + 4 + 4 * len(FEATURE_NAMES)) > 5 * 32 * 2**20
+    rows = gold_rows = 0
+    last_doc = -1.0
+    for features, gold in candidate_batches(path, "p", str(tmp_path)):
+        assert len(gold) <= training_data.RANKER_BATCH_ROWS
+        assert len(gold) % per_doc == 0  # whole documents
+        assert (np.diff(features[:, 0]) >= 0).all() and features[0, 0] > last_doc
+        last_doc = features[-1, 0]
+        rows += len(gold)
+        gold_rows += int(gold.sum())
+    assert rows == n_docs * per_doc
+    # gold concept (d % 97) is a candidate (an even id) for about half the documents
+    assert gold_rows == sum(1 for d in range(n_docs) if (d % 97) % 2 == 0)
+    assert not list(tmp_path.glob(duckdb_pool.SPILL_PREFIX + "*"))
+
+
+def test_a_damaged_embedding_cache_is_rebuilt_with_a_warning(tmp_path, embedder, caplog):
+    run = TrainingRun(str(tmp_path))
+    run.embed_labels(LABELS, SPACE_A, embedder.dimension, embedder.encode_documents, False)
+    run.abort()
+    path = tmp_path / cache.CACHE_FILE
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 3])  # truncated
+    encode = Counting(embedder.encode_documents)
+    run = TrainingRun(str(tmp_path))
+    vectors, embedded = run.embed_labels(LABELS, SPACE_A, embedder.dimension, encode, False)
+    run.abort()
+    assert embedded == 3  # embedded again
+    np.testing.assert_allclose(vectors, embedder.encode_documents(LABELS), atol=1e-6)
+    assert f"embedding cache {path} is damaged" in caplog.text
 
 
 FRAGMENTED_HEAP = """

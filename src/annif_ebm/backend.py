@@ -16,23 +16,24 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import polars as pl
 from scipy.sparse import csr_array
-from tqdm import tqdm
-
 from annif.backend.backend import AnnifBackend
 from annif.exception import NotSupportedException, OperationFailedException
 from annif.suggestion import SuggestionBatch
 
 from . import cache, model_files
+from .chunking import Chunker
 from .embedding import Embedder, distill_static_model
 from .features import FEATURE_NAMES, feature_matrix
 from .knn import VECTOR_DTYPE, TrainingDocuments, pool_documents
 from .labels import vocabulary_labels, vocabulary_relations
 from .params import EbmParams, Kind
 from .pipeline import CandidateGenerator
+from .progress import progress_bar
 from .ranker import Ranker
 from .sampling import choose_documents
 from .store import LabelStore, write_store
-from .training_data import TrainingRun, cached_training_data, candidate_batches
+from .training_data import (TrainingRun, cached_training_data, candidate_batches,
+                            stored_metadata)
 
 if TYPE_CHECKING:
     from annif.corpus import Document, DocumentCorpus
@@ -171,8 +172,26 @@ class EbmBackend(AnnifBackend):
                         )
                 params, _ = self._parse(self.params)
                 store = LabelStore(store_path, params.duckdb_threads)
+                if store.dimension != metadata.dimension:
+                    raise OperationFailedException(
+                        f"label store {store_path} has {store.dimension} dimensions, the "
+                        f"model metadata says {metadata.dimension}; retrain the project"
+                    )
+                self._warn_about_language(params.with_stored_model(metadata.model, set()))
                 self._model = _LoadedModel(metadata, store, ranker_path)
             return self._model
+
+    def _warn_about_language(self, params: EbmParams) -> None:
+        """Warn when the project's language is not one the model was made for."""
+        language = self.project.language.lower().split("-")[0]
+        languages = params.languages()
+        if languages and language not in languages:
+            self.warning(
+                f"the project's language '{self.project.language}' is not one the embedding "
+                f"model {params.model} was made for ({', '.join(languages)}): expect poor "
+                "suggestions; use a model for this language (docs/models.md), or set "
+                "model_languages if the model does cover it"
+            )
 
     def initialize(self, parallel: bool = False) -> None:
         """Load the model files; with exact search also the label matrix, and
@@ -191,16 +210,44 @@ class EbmBackend(AnnifBackend):
 
     def _train(self, corpus: DocumentCorpus, params: dict[str, Any], jobs: int = 0) -> None:
         p, explicit = self._parse(params, jobs)
-        leftovers = model_files.remove_leftovers(self.datadir)
+        try:
+            self._remove_leftovers()
+            if corpus == "cached":
+                self._train_cached(p, explicit)
+            else:
+                self._train_full(corpus, p)
+        except OSError as err:  # a read-only or full disk, a permission
+            where = f" {err.filename}" if err.filename else ""
+            raise OperationFailedException(
+                f"training {self.backend_id} failed writing{where}: "
+                f"{err.strerror or err}; the project's data directory must be writable "
+                "with room for the model"
+            ) from err
+
+    def _remove_leftovers(self) -> None:
+        """Remove what earlier runs left: temporary files, and model files that
+        neither the model nor the training data (``--cached``) names."""
+        named = None
+        try:
+            metadata = model_files.load_metadata(self.datadir, self.backend_id)
+            named = {metadata.store_file, metadata.ranker_file, metadata.static_model_dir}
+        except NotInitializedException:
+            named = set()  # never trained
+        except OperationFailedException:
+            pass  # unreadable metadata: keep the files it may name
+        pending = stored_metadata(cached_training_data(self.datadir))
+        if named is not None and pending:
+            named |= {pending.get("store_file"), pending.get("static_model_dir")}
+        leftovers = model_files.remove_leftovers(self.datadir, named)
         if leftovers:
             self.warning(f"removed files of an interrupted training run: {', '.join(leftovers)}")
-        if corpus == "cached":
-            self._train_cached(p, explicit)
-            return
+
+    def _train_full(self, corpus: DocumentCorpus, p: EbmParams) -> None:
         if next(_documents(corpus), None) is None:
             raise NotSupportedException(
                 f"training backend {self.backend_id} with no documents"
             )
+        self._warn_about_language(p)
         labels = vocabulary_labels(
             self.project.vocab.skos.graph,
             self.project.subjects,
@@ -212,14 +259,7 @@ class EbmBackend(AnnifBackend):
                 f"vocabulary '{self.project.vocab.vocab_id}' has no usable labels in "
                 f"language '{self.project.vocab_lang}'"
             )
-        sample = choose_documents(
-            (doc.subject_set for doc in _documents(corpus)), p.max_train_docs
-        )
-        self.info(sample.describe())
-        if sample.n_selected == 0:
-            raise NotSupportedException(
-                f"training backend {self.backend_id}: no document has subjects"
-            )
+        sample = self._choose_documents(corpus, p)
         store_file = model_files.new_file_name("labels", "duckdb")
         ranker_file = model_files.new_file_name("ranker", "ubj")
         static_dir = model_files.new_file_name("static", "model") if p.static_embedding else ""
@@ -231,28 +271,75 @@ class EbmBackend(AnnifBackend):
             generator = CandidateGenerator(self.project.language, embedder, store, p)
             del embedder  # the generator's until the chunks are embedded
             self._collect_training_data(corpus, sample, generator, run, p, static_dir)
-            train_path = run.finish()
-            dimension = store.dimension
-            # the ranker trains from disk: let the label matrix and the kNN
-            # vectors go first (they would add to its peak)
-            del generator, store
             metadata = model_files.ModelMetadata(
                 store_file=store_file,
-                ranker_file=ranker_file,
+                ranker_file="",  # named when the ranker is saved
                 model=p.model_settings(),
-                dimension=dimension,
+                dimension=store.dimension,
                 feature_names=list(FEATURE_NAMES),
                 train_params=p.of_kind(Kind.TRAIN),
                 n_labels=len(labels),
                 n_train_docs=sample.n_selected,
                 static_model_dir=static_dir,
             )
-            self._fit_and_commit(metadata, p, train_path, run.publish)
+            train_path = run.finish(dataclasses.asdict(metadata))
+            # the ranker trains from disk: let the label matrix and the kNN
+            # vectors go first (they would add to its peak)
+            del generator, store
         except BaseException:
             if run is not None:
                 run.abort()
             model_files.discard(self.datadir, store_file, ranker_file, static_dir)
             raise
+        try:
+            self._fit_and_commit(metadata.replace(ranker_file=ranker_file), p, train_path,
+                                 run.publish)
+        except Exception as err:
+            # the expensive part is done: keep the candidates and the label
+            # store they were collected with, for train --cached
+            model_files.discard(self.datadir, ranker_file)
+            run.publish()
+            raise OperationFailedException(
+                f"training the ranker failed: {err}. The {run.n_rows} candidates collected "
+                f"from {sample.n_selected} documents are kept: once the cause is fixed, "
+                f"'annif train {self.project.project_id} --cached' trains the ranker from "
+                "them without embedding anything again; the previous model, if any, is "
+                "still in use"
+            ) from err
+        except BaseException:
+            run.abort()
+            model_files.discard(self.datadir, store_file, ranker_file, static_dir)
+            raise
+
+    def _choose_documents(self, corpus: DocumentCorpus, p: EbmParams):
+        """The ranker's sample; documents without text are skipped (counted)."""
+        chunker = Chunker(self.project.language, p.max_chunk_length, p.max_chunks)
+        without_text = 0
+
+        def subject_sets():
+            nonlocal without_text
+            for doc in _documents(corpus):
+                if chunker.has_content(doc.text):
+                    yield doc.subject_set
+                else:
+                    without_text += bool(doc.subject_set)
+                    yield ()
+
+        sample = choose_documents(subject_sets(), p.max_train_docs)
+        sample = dataclasses.replace(sample, n_without_text=without_text)
+        self.info(sample.describe())
+        if sample.n_selected == 0:
+            if without_text:
+                raise NotSupportedException(
+                    f"training backend {self.backend_id}: no document has both text and "
+                    f"subjects ({without_text} have subjects but an empty text)"
+                )
+            raise NotSupportedException(
+                f"training backend {self.backend_id}: no document has subjects of "
+                f"vocabulary '{self.project.vocab.vocab_id}' (of {sample.n_documents} "
+                "documents, none names a subject URI that the vocabulary has)"
+            )
+        return sample
 
     def _train_embedder(self, p: EbmParams, static_dir: str) -> Embedder:
         """The embedder for training; with static_embedding, first distil the
@@ -267,7 +354,7 @@ class EbmBackend(AnnifBackend):
         """Embed the labels (through the cache) and write the label store."""
         vectors, embedded = run.embed_labels(
             labels.texts, cache.space_table(_embedding_space(p, "document", static_dir)),
-            embedder.dimension, embedder.encode_documents, _show_progress(),
+            embedder.dimension, embedder.encode_documents, True,
         )
         self.info(f"{len(labels)} labels: embedded {embedded} with {p.model}, "
                   f"{len(labels) - embedded} from the embedding cache")
@@ -291,8 +378,7 @@ class EbmBackend(AnnifBackend):
             passes.append(("chunk kNN documents", sample.others(p.knn_docs)))
         for description, chosen in passes:
             documents = (doc for doc, keep in zip(_documents(corpus), chosen) if keep)
-            with tqdm(total=int(chosen.sum()), desc=description, unit="doc",
-                      disable=not _show_progress()) as bar:
+            with progress_bar(int(chosen.sum()), description, "doc") as bar:
                 for batch in _batched(documents, TRAIN_BATCH_DOCS):
                     chunked = generator.chunk([doc.text for doc in batch])
                     run.add_documents(chunked.doc, chunked.position, chunked.chunks,
@@ -302,7 +388,7 @@ class EbmBackend(AnnifBackend):
         with generator.stage("embed"):
             embedded = run.embed_chunks(
                 cache.space_table(_embedding_space(p, "query", static_dir)), embedder.dimension,
-                embedder.encode_queries, _show_progress(),
+                embedder.encode_queries, True,
             )
         self.info(f"embedded {embedded} new chunks (the rest from the embedding cache)")
         # the rest needs only the stored vectors: the embedding model would
@@ -316,8 +402,7 @@ class EbmBackend(AnnifBackend):
                 self._training_documents(run, generator.store.dimension))
             self.info(f"stored {run.n_docs} training documents for kNN and priors")
         # the sample's documents come first in the run: 0 .. n_selected - 1
-        with tqdm(total=sample.n_selected, desc="train candidates", unit="doc",
-                  disable=not _show_progress()) as bar:
+        with progress_bar(sample.n_selected, "train candidates", "doc") as bar:
             for first, doc, position, n_chunks, vectors in run.chunk_batches(
                     TRAIN_BATCH_DOCS, sample.n_selected):
                 own_docs = np.arange(first, first + len(n_chunks))
@@ -342,25 +427,38 @@ class EbmBackend(AnnifBackend):
 
     def _train_cached(self, p: EbmParams, explicit: set) -> None:
         self.info("reusing cached training candidates from previous run")
-        metadata = model_files.load_metadata(self.datadir, self.backend_id)
+        path = cached_training_data(self.datadir)
+        pending = stored_metadata(path)
+        if pending is None:  # data of an older version: the model's own
+            metadata = model_files.load_metadata(self.datadir, self.backend_id)
+        else:  # the model the candidates were collected for
+            metadata = model_files.metadata_from_dict(pending, path, pending=True)
+            for name in filter(None, (metadata.store_file, metadata.static_model_dir)):
+                if not os.path.exists(os.path.join(self.datadir, name)):
+                    raise OperationFailedException(
+                        f"{name}, which the cached training data {path} was collected "
+                        "with, is missing; train without --cached"
+                    )
         p = p.with_stored_model(metadata.model, explicit)
         ranker_file = model_files.new_file_name("ranker", "ubj")
         try:
             self._fit_and_commit(
                 metadata.replace(ranker_file=ranker_file, train_params=p.of_kind(Kind.TRAIN)),
-                p, cached_training_data(self.datadir),
+                p, path, cached=True,
             )
         except BaseException:
             model_files.discard(self.datadir, ranker_file)
             raise
 
     def _fit_and_commit(self, metadata: model_files.ModelMetadata, p: EbmParams,
-                        train_path: str, publish_training_data=None) -> None:
+                        train_path: str, publish_training_data=None,
+                        cached: bool = False) -> None:
         """Train the ranker on the candidates in ``train_path``, then make the
         new model (and its training data) the project's."""
         self.info("training the ranker")
         ranker = Ranker.train(
-            lambda: candidate_batches(train_path, self.backend_id), p, self.datadir
+            lambda: candidate_batches(train_path, self.backend_id, self.datadir, cached),
+            p, self.datadir,
         )
         ranker.save(os.path.join(self.datadir, model_files.tmp_name(metadata.ranker_file)))
         model_files.publish(self.datadir, metadata.ranker_file)
@@ -429,8 +527,3 @@ class EbmBackend(AnnifBackend):
         )
         return SuggestionBatch(array)
 
-
-def _show_progress() -> bool:
-    import sys
-
-    return sys.stderr.isatty()

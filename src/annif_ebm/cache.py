@@ -23,7 +23,9 @@ from collections.abc import Callable
 import duckdb
 import numpy as np
 import pyarrow as pa
-from tqdm import tqdm
+from annif import logger
+
+from .progress import progress_bar
 
 CACHE_FILE = "ebm-train-embeddings.duckdb"
 ALIAS = "embeddings"
@@ -37,9 +39,31 @@ def space_table(space: dict) -> str:
 
 
 def attach(con: duckdb.DuckDBPyConnection, datadir: str) -> None:
-    """Attach the project's cache file to ``con`` as ``embeddings``."""
-    path = os.path.join(datadir, CACHE_FILE).replace("'", "''")
-    con.execute(f"ATTACH '{path}' AS {ALIAS}")
+    """Attach the project's cache file to ``con`` as ``embeddings``. A damaged
+    cache (it is only a cache) is removed with a warning and starts afresh."""
+    path = os.path.join(datadir, CACHE_FILE)
+    try:
+        _attach_and_check(con, path)
+    except duckdb.Error as err:
+        con.execute(f"DETACH DATABASE IF EXISTS {ALIAS}")
+        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        logger.warning("the embedding cache %s is damaged (%s): removing it; every label "
+                       "and chunk is embedded again", path, message)
+        for damaged in (path, path + ".wal"):
+            if os.path.exists(damaged):
+                os.remove(damaged)
+        _attach_and_check(con, path)
+
+
+def _attach_and_check(con: duckdb.DuckDBPyConnection, path: str) -> None:
+    """Attach ``path`` and read every table's size (pages of a truncated
+    file fail here rather than in the middle of a run)."""
+    quoted = path.replace("'", "''")
+    con.execute(f"ATTACH '{quoted}' AS {ALIAS}")
+    tables = [row[0] for row in con.execute(
+        "SELECT table_name FROM duckdb_tables() WHERE database_name = ?", [ALIAS]).fetchall()]
+    for table in tables:
+        con.execute(f"SELECT count(*), max(key), max(vec[1]) FROM {ALIAS}.{table}").fetchone()
 
 
 def vector_array(vectors: np.ndarray) -> pa.FixedSizeListArray:
@@ -67,7 +91,7 @@ def fill(
         f"ANTI JOIN {table} c ON md5_number(t.text) = c.key)"
     )
     (missing,) = con.execute("SELECT count(*) FROM cache_missing").fetchone()
-    with tqdm(total=missing, desc=description, unit="text", disable=not progress) as bar:
+    with progress_bar(missing, description, "text", progress) as bar:
         for start in range(0, missing, ENCODE_BLOCK):
             texts = [
                 row[0]

@@ -45,6 +45,7 @@ PUNKT_LANGUAGES = {
 # C0/C1 control characters except tab/newline/CR, and lone surrogates
 _UNPRINTABLE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
 _WHITESPACE = re.compile(r"\s+")
+_LETTER_OR_DIGIT = re.compile(r"[^\W_]")  # what str.isalnum() accepts
 
 
 def punkt_parameters(language: str) -> PunktParameters | None:
@@ -89,6 +90,10 @@ class Chunker:
         self.max_chunk_length = max_chunk_length
         self.max_chunks = max_chunks
         self.max_input_chars = max_chunks * max_chunk_length * 2
+
+    def has_content(self, text: str) -> bool:
+        """Whether ``text`` gives any chunk (a letter or digit in what is read)."""
+        return _LETTER_OR_DIGIT.search(text, 0, self.max_input_chars) is not None
 
     def _pieces(self, text: str):
         for sentence in self.tokenizer.tokenize(text):

@@ -87,6 +87,12 @@ def load_metadata(datadir: str, backend_id: str) -> ModelMetadata:
         raise OperationFailedException(
             f"cannot read model metadata {path}: {err}; retrain the project"
         ) from err
+    return metadata_from_dict(data, path)
+
+
+def metadata_from_dict(data: object, path: str, pending: bool = False) -> ModelMetadata:
+    """Checked metadata from its JSON form, read from ``path``; ``pending``: of
+    a model whose ranker is not trained yet (no ranker file)."""
     if not isinstance(data, dict) or data.get("format_version") != FORMAT_VERSION:
         found = data.get("format_version") if isinstance(data, dict) else None
         raise OperationFailedException(
@@ -101,7 +107,8 @@ def load_metadata(datadir: str, backend_id: str) -> ModelMetadata:
             f"model metadata {path} is incomplete: {err}; retrain the project"
         ) from err
     _check_file_name(metadata.store_file, path)
-    _check_file_name(metadata.ranker_file, path)
+    if not (pending and metadata.ranker_file == ""):
+        _check_file_name(metadata.ranker_file, path)
     if metadata.static_model_dir:
         _check_file_name(metadata.static_model_dir, path)
     return metadata
@@ -145,14 +152,19 @@ def publish(datadir: str, name: str) -> str:
     return final
 
 
-def remove_leftovers(datadir: str) -> list[str]:
-    """Remove what a killed training run left behind (``tmp-*`` files and
-    folders of this backend); return their names."""
-    names = []
-    for pattern in ("tmp-ebm-*", "tmp-xgb-*"):
+def remove_leftovers(datadir: str, named: set[str] | None) -> list[str]:
+    """Remove what a killed training run left behind: ``tmp-*`` files and
+    folders of this backend, and, unless ``named`` is None (not known), model
+    files that are not in ``named`` (those of the model and of the cached
+    training data); return their names."""
+    patterns = ["tmp-ebm-*", "tmp-xgb-*"] + (list(_MANAGED_PATTERNS) if named is not None else [])
+    names = set()
+    for pattern in patterns:
         for path in glob.glob(os.path.join(datadir, pattern)):
-            _remove(path)
-            names.append(os.path.basename(path))
+            name = os.path.basename(path)
+            if pattern.startswith("tmp-") or name.removesuffix(".wal") not in named:
+                _remove(path)
+                names.add(name)
     return sorted(names)
 
 

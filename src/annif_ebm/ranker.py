@@ -21,6 +21,16 @@ from annif.exception import OperationFailedException
 
 from .features import FEATURE_NAMES
 from .params import EbmParams
+from .progress import progress_bar
+
+
+def xgboost_message(err: Exception) -> str:
+    """XGBoost's own words without its C++ location and stack trace."""
+    text = str(err).split("Stack trace:")[0].strip()
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    # "[12:00:00] /path/to/file.cc:123: Check failed: ..." -> "Check failed: ..."
+    return " ".join(line.split(": ", 2)[-1] if line.startswith("[") else line
+                    for line in lines) or type(err).__name__
 
 
 class Ranker:
@@ -34,10 +44,11 @@ class Ranker:
               params: EbmParams, workdir: str) -> Ranker:
         """Train on ``batches()``: a fresh iterator of (features, gold flags)
         per call. XGBoost's page cache lives in a temporary folder in ``workdir``."""
-        n_rows = n_gold = 0
+        n_rows = n_gold = n_batches = 0
         for _, labels in batches():
             n_rows += len(labels)
             n_gold += int(labels.sum())
+            n_batches += 1
         if n_gold == 0:
             raise OperationFailedException(
                 f"no candidate (of {n_rows}) matches any gold subject of the training "
@@ -46,11 +57,13 @@ class Ranker:
             )
         cache_dir = tempfile.mkdtemp(prefix="tmp-xgb-", dir=workdir)
         try:
-            data = xgb.ExtMemQuantileDMatrix(
-                _BatchIter(batches, os.path.join(cache_dir, "pages")),
-                nthread=params.xgb_jobs or None,
-            )
-            trained = cls._fit(data, params)
+            with progress_bar(n_batches, "ranker data", "batch") as bar:
+                data = xgb.ExtMemQuantileDMatrix(
+                    _BatchIter(batches, os.path.join(cache_dir, "pages"), bar),
+                    nthread=params.xgb_jobs or None,
+                )
+            with progress_bar(params.xgb_rounds, "ranker rounds", "round") as bar:
+                trained = cls._fit(data, params, _RoundProgress(bar))
             # a copy that holds no reference to the data, so XGBoost releases
             # (and deletes) its page files before the folder goes
             booster = xgb.Booster(model_file=trained.save_raw())
@@ -60,7 +73,8 @@ class Ranker:
         return cls(booster)
 
     @staticmethod
-    def _fit(data: xgb.DMatrix, params: EbmParams) -> xgb.Booster:
+    def _fit(data: xgb.DMatrix, params: EbmParams,
+             progress: xgb.callback.TrainingCallback | None = None) -> xgb.Booster:
         return xgb.train(
             {
                 "objective": "binary:logistic",
@@ -74,6 +88,7 @@ class Ranker:
             },
             data,
             num_boost_round=params.xgb_rounds,
+            callbacks=[progress] if progress is not None else None,
         )
 
     def save(self, path: str) -> None:
@@ -86,8 +101,8 @@ class Ranker:
             booster.load_model(path)
         except xgb.core.XGBoostError as err:
             raise OperationFailedException(
-                f"cannot read ranker model {path}: {err}; retrain the project"
-            ) from err
+                f"cannot read ranker model {path}: {xgboost_message(err)}; retrain the project"
+            ) from None
         if tuple(booster.feature_names or ()) != FEATURE_NAMES:
             raise OperationFailedException(
                 f"ranker model {path} was trained with other features "
@@ -106,13 +121,25 @@ class Ranker:
             return self.booster.inplace_predict(features).astype(np.float32)
 
 
+class _RoundProgress(xgb.callback.TrainingCallback):
+    def __init__(self, bar) -> None:
+        super().__init__()
+        self._bar = bar
+
+    def after_iteration(self, model, epoch, evals_log) -> bool:
+        self._bar.update(1)
+        return False  # go on
+
+
 class _BatchIter(xgb.DataIter):
-    """Feeds XGBoost one batch of training rows at a time."""
+    """Feeds XGBoost one batch of training rows at a time; counts the batches
+    of the first pass on ``bar``."""
 
     def __init__(self, batches: Callable[[], Iterator[tuple[np.ndarray, np.ndarray]]],
-                 cache_prefix: str) -> None:
+                 cache_prefix: str, bar=None) -> None:
         self._batches = batches
         self._iterator = None
+        self._bar = bar
         super().__init__(cache_prefix=cache_prefix)
 
     def next(self, input_data: Callable) -> bool:
@@ -124,7 +151,10 @@ class _BatchIter(xgb.DataIter):
         features, labels = batch
         input_data(data=features, label=labels.astype(np.float32),
                    feature_names=list(FEATURE_NAMES))
+        if self._bar is not None:
+            self._bar.update(1)
         return True
 
     def reset(self) -> None:
         self._iterator = None
+        self._bar = None  # later passes go over the same batches

@@ -29,15 +29,24 @@ class Sample:
     n_subjects: int  # distinct gold subjects in the corpus
     n_covered: int  # of these, in the sample
     has_subjects: np.ndarray  # bool per corpus document
+    n_without_text: int = 0  # documents with subjects but no text (skipped)
 
     @property
     def n_selected(self) -> int:
         return int(self.selected.sum())
 
+    @property
+    def n_without_subjects(self) -> int:
+        return self.n_documents - self.n_with_subjects - self.n_without_text
+
     def describe(self) -> str:
+        skipped = [f"{self.n_without_subjects} have no subject of the vocabulary (none "
+                   "given, or only URIs it does not know)"]
+        if self.n_without_text:
+            skipped.append(f"{self.n_without_text} have no text")
         return (
             f"training on {self.n_selected} of {self.n_documents} documents "
-            f"({self.n_documents - self.n_with_subjects} have no subjects), covering "
+            f"({'; '.join(skipped)}), covering "
             f"{self.n_covered} of {self.n_subjects} distinct gold subjects"
         )
 

@@ -22,6 +22,7 @@ import polars as pl
 
 from annif.exception import OperationFailedException
 
+from . import duckdb_pool
 from .knn import VECTOR_DTYPE, TrainingDocuments
 from .labels import LabelSet, Relations
 from .topk import blocked_top_k
@@ -30,9 +31,6 @@ EXACT_QUERY_BLOCK = 1024  # chunk vectors per matrix product, at most
 EXACT_LABEL_BLOCK = 32768  # labels per matrix product, at most
 SCORE_BUFFER_BYTES = 64 << 20  # per thread and device, for the block's scores
 INSERT_ROWS = 10_000  # vectors copied into DuckDB at a time
-# DuckDB's buffer pool while adding the training documents: it writes the
-# pages beyond this to the file instead of holding all of them until the end
-WRITE_MEMORY_LIMIT = "64MB"
 SEARCH_MARGIN = 20  # extra candidates per query kept until the final top-k
 
 
@@ -91,11 +89,8 @@ def load_vss(con: duckdb.DuckDBPyConnection) -> None:
     con.execute(f"LOAD {_quoted(vss_extension_path())}")
 
 
-def _connect(threads: int, memory_limit: str | None = None) -> duckdb.DuckDBPyConnection:
-    config = {"threads": threads} if threads else {}
-    if memory_limit:
-        config["memory_limit"] = memory_limit
-    return duckdb.connect(":memory:", config=config)
+def _connect(threads: int) -> duckdb.DuckDBPyConnection:
+    return duckdb.connect(":memory:", config={"threads": threads} if threads else {})
 
 
 def write_store(
@@ -226,8 +221,10 @@ class LabelStore:
         while training, before anything reads the store."""
         dim = documents.vectors.shape[1]
         doc = np.repeat(np.arange(len(documents), dtype=np.int32), np.diff(documents.offsets))
-        con = _connect(self.threads, WRITE_MEMORY_LIMIT)
-        try:
+        # under the capped pool, DuckDB writes the pages beyond it to the file
+        # (or spills) instead of holding all of them until the end
+        with duckdb_pool.spill_directory(os.path.dirname(os.path.abspath(self.path))) as spill, \
+                duckdb_pool.connect(":memory:", spill, threads=self.threads) as con:
             con.execute(f"ATTACH {_quoted(self.path)} AS store")
             con.execute(f"CREATE TABLE store.train_docs (doc INTEGER, vec FLOAT[{dim}])")
             con.execute("CREATE TABLE store.train_subjects (doc INTEGER, concept_id INTEGER)")
@@ -241,8 +238,6 @@ class LabelStore:
             con.register("new_subjects", pl.DataFrame({"doc": doc, "concept_id": documents.subjects}))
             con.execute("INSERT INTO store.train_subjects SELECT * FROM new_subjects")
             con.execute("CHECKPOINT store")
-        finally:
-            con.close()
         with self._lock:
             self.has_training_documents = True
             self._training_documents = documents

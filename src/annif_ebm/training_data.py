@@ -12,6 +12,7 @@ anything. Vectors come from the embedding cache (:mod:`annif_ebm.cache`).
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable, Iterator
 
@@ -21,22 +22,24 @@ import polars as pl
 
 from annif.exception import NotInitializedException, OperationFailedException
 
-from . import cache
+from . import cache, duckdb_pool
 from .features import FEATURE_NAMES
 from .model_files import tmp_name
 
 TRAIN_FILE = "ebm-train.duckdb"
-# DuckDB's buffer pool, for the run and for reading its candidates back: it
-# spills joins and sorts to disk beyond this, and otherwise keeps the pages it
-# wrote or read cached up to it, so it bounds how much memory the run's tables
-# take however large the corpus (queries over all texts, such as the distinct
-# texts to embed, spill; the others read bounded ranges)
-DUCKDB_MEMORY_LIMIT = "64MB"
+# The run and the reads of its candidates use DuckDB's buffer pool of
+# duckdb_pool.MEMORY_LIMIT: it spills joins, sorts and large results to the
+# run's spill folder beyond that, and otherwise keeps the pages it wrote or
+# read cached up to it, so it bounds how much memory the run's tables take
+# however large the corpus.
 # vectors per join of texts with their cached ones: an INSERT holds its new
 # rows in the pool until it commits, so a join must fit well inside the limit
 JOIN_BYTES = 16 << 20
-RANKER_BATCH_DOCS = 5000  # documents per batch when the ranker reads candidates
+# candidate rows per batch the ranker reads (about 12 MB of features): whole
+# documents, so a batch of long documents is no larger than one of short ones
+RANKER_BATCH_ROWS = 100_000
 
+_METADATA_TABLE = "model_metadata"
 _CANDIDATE_COLUMNS = ", ".join(f"{name} FLOAT" for name in FEATURE_NAMES)
 
 
@@ -58,10 +61,8 @@ class TrainingRun:
         self.datadir = datadir
         self._path = os.path.join(datadir, tmp_name(TRAIN_FILE))
         _remove(self._path, self._path + ".wal")
-        self._con = duckdb.connect(self._path, config={
-            "memory_limit": DUCKDB_MEMORY_LIMIT,
-            **({"threads": threads} if threads else {}),
-        })
+        self.spill_dir = duckdb_pool.new_spill_directory(datadir)
+        self._con = duckdb_pool.connect(self._path, self.spill_dir, threads=threads)
         cache.attach(self._con, datadir)
         self._con.execute("CREATE TABLE chunks (doc BIGINT, pos INTEGER, text VARCHAR)")
         self._con.execute("CREATE TABLE gold (doc BIGINT, concept_id INTEGER)")
@@ -194,23 +195,32 @@ class TrainingRun:
         self._con.unregister("batch_rows")
         self.n_rows += len(rows)
 
-    def finish(self) -> str:
-        """Keep only the candidates and close the file; return its path."""
+    def finish(self, metadata: dict) -> str:
+        """Keep only the candidates, with the metadata of the model they were
+        collected for (``train --cached`` trains its ranker from them), and
+        close the file; return its path."""
         for table in ("chunks", "chunk_vectors", "gold"):
             self._con.execute(f"DROP TABLE IF EXISTS {table}")
+        self._con.execute(f"CREATE TABLE {_METADATA_TABLE} (json VARCHAR)")
+        self._con.execute(f"INSERT INTO {_METADATA_TABLE} VALUES (?)", [json.dumps(metadata)])
         self._con.execute("CHECKPOINT")
         self._con.execute(f"DETACH DATABASE IF EXISTS {cache.ALIAS}")
-        self._con.close()
-        self._con = None
+        self._close()
         return self._path
 
-    def publish(self) -> None:
-        """Make the finished file the project's ``ebm-train.duckdb``."""
-        os.replace(self._path, os.path.join(self.datadir, TRAIN_FILE))
-
-    def abort(self) -> None:
+    def _close(self) -> None:
         if self._con is not None:
             self._con.close()
+            self._con = None
+        duckdb_pool.remove_spill_directory(self.spill_dir)
+
+    def publish(self) -> None:
+        """Make the finished file the project's ``ebm-train.duckdb`` (once)."""
+        if os.path.exists(self._path):
+            os.replace(self._path, os.path.join(self.datadir, TRAIN_FILE))
+
+    def abort(self) -> None:
+        self._close()
         _remove(self._path, self._path + ".wal")
 
 
@@ -219,27 +229,59 @@ def cached_training_data(datadir: str) -> str:
     return os.path.join(datadir, TRAIN_FILE)
 
 
-def candidate_batches(path: str, backend_id: str) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def stored_metadata(path: str) -> dict | None:
+    """The metadata of the model whose candidates the training data file
+    ``path`` holds; None for a missing, unreadable or older file."""
+    if not os.path.exists(path):
+        return None
+    try:
+        with duckdb.connect(path, read_only=True) as con:
+            tables = {row[0] for row in con.execute("SHOW TABLES").fetchall()}
+            if _METADATA_TABLE not in tables:
+                return None
+            row = con.execute(f"SELECT json FROM {_METADATA_TABLE}").fetchone()
+    except duckdb.Error:
+        return None
+    return json.loads(row[0]) if row else None
+
+
+def _document_ranges(con: duckdb.DuckDBPyConnection, max_rows: int) -> list[tuple[int, int]]:
+    """[first, last) document ranges of at most ``max_rows`` candidates each
+    (a document with more gets a range of its own)."""
+    counts = con.execute(
+        "SELECT doc, count(*) AS n FROM candidates GROUP BY doc ORDER BY doc").fetchnumpy()
+    ranges, first, rows = [], None, 0
+    for doc, n in zip(counts["doc"].tolist(), counts["n"].tolist()):
+        if first is None:
+            first = doc
+        elif rows + n > max_rows:
+            ranges.append((first, doc))
+            first, rows = doc, 0
+        rows += n
+    if first is not None:
+        ranges.append((first, int(counts["doc"][-1]) + 1))
+    return ranges
+
+
+def candidate_batches(path: str, backend_id: str, workdir: str,
+                      cached: bool = False) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(features, gold flags) of the training candidates in the file ``path``,
-    in batches of :data:`RANKER_BATCH_DOCS` documents; a fresh iterator each call."""
+    whole documents of at most :data:`RANKER_BATCH_ROWS` rows at a time; a
+    fresh iterator each call. ``cached``: the file is an earlier run's."""
     if not os.path.exists(path):
         raise NotInitializedException(
             f"cached training data {path} not found; train without --cached first",
             backend_id=backend_id,
         )
     try:
-        with duckdb.connect(path, read_only=True,
-                            config={"memory_limit": DUCKDB_MEMORY_LIMIT}) as con:
-            (n_docs,) = con.execute("SELECT coalesce(max(doc) + 1, 0) FROM candidates").fetchone()
-            for first in range(0, n_docs, RANKER_BATCH_DOCS):
+        with duckdb_pool.spill_directory(workdir) as spill_dir, \
+                duckdb_pool.connect(path, spill_dir, read_only=True) as con:
+            for first, last in _document_ranges(con, RANKER_BATCH_ROWS):
                 columns = con.execute(
                     f"SELECT {', '.join(FEATURE_NAMES)}, gold FROM candidates "
-                    "WHERE doc >= ? AND doc < ? ORDER BY doc, concept_id",
-                    [first, first + RANKER_BATCH_DOCS],
+                    "WHERE doc >= ? AND doc < ? ORDER BY doc, concept_id", [first, last],
                 ).fetchnumpy()
                 gold = np.asarray(columns["gold"], dtype=bool)
-                if len(gold) == 0:
-                    continue
                 features = np.column_stack([  # NULL (a missing feature) -> NaN
                     np.ma.filled(np.ma.asarray(columns[name], dtype=np.float32), np.nan)
                     for name in FEATURE_NAMES])
@@ -248,6 +290,11 @@ def candidate_batches(path: str, backend_id: str) -> Iterator[tuple[np.ndarray, 
                 del columns
                 yield features, gold
     except duckdb.Error as err:
+        advice = "; train without --cached to collect them again" if cached else ""
         raise OperationFailedException(
-            f"cannot read cached training data {path}: {err}; train without --cached"
+            f"cannot read training candidates {path}: {_first_line(err)}{advice}"
         ) from err
+
+
+def _first_line(err: Exception) -> str:
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
