@@ -49,7 +49,8 @@ class AnnifEnv:
         env["HF_HUB_OFFLINE"] = "1"
         return env
 
-    def run(self, *args: str, check: bool = True, stdin: str | None = None):
+    def run(self, *args: str, check: bool = True, stdin: str | None = None,
+            timeout: float = 900):
         result = subprocess.run(
             [ANNIF, *args],
             cwd=self.path,
@@ -57,7 +58,7 @@ class AnnifEnv:
             input=stdin,
             capture_output=True,
             text=True,
-            timeout=900,
+            timeout=timeout,
         )
         if check and result.returncode != 0:
             raise AssertionError(

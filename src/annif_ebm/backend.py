@@ -17,7 +17,8 @@ import numpy as np
 import polars as pl
 from scipy.sparse import csr_array
 from annif.backend.backend import AnnifBackend
-from annif.exception import NotSupportedException, OperationFailedException
+from annif.exception import (NotInitializedException, NotSupportedException,
+                             OperationFailedException)
 from annif.suggestion import SuggestionBatch
 
 from . import cache, model_files
