@@ -444,7 +444,7 @@ def test_without_a_terminal_training_logs_its_progress(trained_env, sample_corpu
                      "-b", "ebm.query_prompt=other prompt: ")
     for line in ("chunk train documents: 50/50 docs done in ",
                  "train chunks: ", "train candidates: 50/50 docs done in ",
-                 "ranker data: ", "ranker rounds: 20/20 rounds done in "):
+                 "ranker data: 1/1 batches done in ", "ranker rounds: 20/20 rounds done in "):
         assert line in result.stderr, line
     assert "\r" not in result.stderr and "it/s" not in result.stderr  # no tqdm bars
     # the labels come from the embedding cache: an empty phase shows nothing

@@ -29,6 +29,7 @@ class LogProgress:
     def __init__(self, total: int, description: str, unit: str,
                  interval: float | None = None) -> None:
         self.total, self.description, self.unit = total, description, unit
+        self.units = unit + ("es" if unit.endswith(("s", "sh", "ch", "x")) else "s")
         self.interval = LOG_INTERVAL if interval is None else interval
         self.done = 0
         self.start = self._last = time.monotonic()
@@ -45,13 +46,13 @@ class LogProgress:
         rate = self.done / elapsed
         eta = (self.total - self.done) / rate if rate > 0 else float("inf")
         percent = 100 * self.done / self.total if self.total else 100.0
-        return (f"{self.description}: {self.done}/{self.total} {self.unit}s ({percent:.0f}%), "
-                f"{rate:.1f} {self.unit}s/s, elapsed {tqdm.format_interval(elapsed)}, "
+        return (f"{self.description}: {self.done}/{self.total} {self.units} ({percent:.0f}%), "
+                f"{rate:.1f} {self.units}/s, elapsed {tqdm.format_interval(elapsed)}, "
                 f"ETA {tqdm.format_interval(eta) if eta != float('inf') else '?'}")
 
     def close(self) -> None:
         elapsed = time.monotonic() - self.start
-        logger.info(f"{self.description}: {self.done}/{self.total} {self.unit}s done in "
+        logger.info(f"{self.description}: {self.done}/{self.total} {self.units} done in "
                     f"{tqdm.format_interval(elapsed)}")
 
 

@@ -59,7 +59,7 @@ class Ranker:
         try:
             with progress_bar(n_batches, "ranker data", "batch") as bar:
                 data = xgb.ExtMemQuantileDMatrix(
-                    _BatchIter(batches, os.path.join(cache_dir, "pages"), bar),
+                    _BatchIter(batches, os.path.join(cache_dir, "pages"), bar, n_batches),
                     nthread=params.xgb_jobs or None,
                 )
             with progress_bar(params.xgb_rounds, "ranker rounds", "round") as bar:
@@ -132,14 +132,14 @@ class _RoundProgress(xgb.callback.TrainingCallback):
 
 
 class _BatchIter(xgb.DataIter):
-    """Feeds XGBoost one batch of training rows at a time; counts the batches
-    of the first pass on ``bar``."""
+    """Feeds XGBoost one batch of training rows at a time; counts the first
+    ``total`` batches (the first pass) on ``bar``."""
 
     def __init__(self, batches: Callable[[], Iterator[tuple[np.ndarray, np.ndarray]]],
-                 cache_prefix: str, bar=None) -> None:
+                 cache_prefix: str, bar=None, total: int = 0) -> None:
         self._batches = batches
         self._iterator = None
-        self._bar = bar
+        self._bar, self._uncounted = bar, total
         super().__init__(cache_prefix=cache_prefix)
 
     def next(self, input_data: Callable) -> bool:
@@ -151,10 +151,10 @@ class _BatchIter(xgb.DataIter):
         features, labels = batch
         input_data(data=features, label=labels.astype(np.float32),
                    feature_names=list(FEATURE_NAMES))
-        if self._bar is not None:
+        if self._bar is not None and self._uncounted > 0:
             self._bar.update(1)
+            self._uncounted -= 1
         return True
 
     def reset(self) -> None:
         self._iterator = None
-        self._bar = None  # later passes go over the same batches
