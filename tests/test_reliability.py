@@ -117,7 +117,7 @@ def test_corpus_lines_without_subjects_or_with_unknown_subjects(trained_env, sam
     assert parse_metrics(result.stdout)["Documents evaluated"] >= 20
     train = trained_env.copy_to(tmp_path / "env")
     result = train.run("train", "ebm-en", str(corpus), "-b", "ebm.xgb_rounds=20")
-    assert "(1 have no subject of the vocabulary (none given, or only URIs it does not know))" \
+    assert "(2 have no subject of the vocabulary (none given, or only URIs it does not know))" \
         in result.stderr
 
 
