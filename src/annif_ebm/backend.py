@@ -30,7 +30,7 @@ from .labels import vocabulary_labels, vocabulary_relations
 from .params import EbmParams, Kind
 from .pipeline import CandidateGenerator
 from .progress import progress_bar
-from .ranker import Ranker
+from .ranker import NothingToLearnError, Ranker
 from .sampling import choose_documents
 from .store import LabelStore, write_store
 from .training_data import (TrainingRun, cached_training_data, candidate_batches,
@@ -295,6 +295,10 @@ class EbmBackend(AnnifBackend):
         try:
             self._fit_and_commit(metadata.replace(ranker_file=ranker_file), p, train_path,
                                  run.publish)
+        except NothingToLearnError:  # the candidates are of no use: as any failure
+            run.abort()
+            model_files.discard(self.datadir, store_file, ranker_file, static_dir)
+            raise
         except Exception as err:
             # the expensive part is done: keep the candidates and the label
             # store they were collected with, for train --cached

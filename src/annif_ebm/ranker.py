@@ -33,6 +33,10 @@ def xgboost_message(err: Exception) -> str:
                     for line in lines) or type(err).__name__
 
 
+class NothingToLearnError(OperationFailedException):
+    """No candidate is a gold subject: the collected candidates are useless."""
+
+
 class Ranker:
     def __init__(self, booster: xgb.Booster) -> None:
         self.booster = booster
@@ -50,7 +54,7 @@ class Ranker:
             n_gold += int(labels.sum())
             n_batches += 1
         if n_gold == 0:
-            raise OperationFailedException(
+            raise NothingToLearnError(
                 f"no candidate (of {n_rows}) matches any gold subject of the training "
                 "documents, so the ranker has nothing to learn from; check that the "
                 "training corpus uses this vocabulary and language"
