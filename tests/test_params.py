@@ -106,3 +106,11 @@ def test_configuration_reference_is_up_to_date():
     assert text == reference_markdown(), "run: python -m annif_ebm.params > docs/configuration.md"
     for spec in EbmParams.specs():
         assert f"`{spec.name}`" in text
+
+
+def test_the_bundled_model_is_known_to_be_english():
+    from annif_ebm.params import EbmParams
+
+    assert EbmParams.parse({})[0].languages() == ("en",)
+    assert EbmParams.parse({"model": "/some/other/model"})[0].languages() == ()
+    assert EbmParams.parse({"model_languages": "DE, fi"})[0].languages() == ("de", "fi")
