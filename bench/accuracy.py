@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 import metrics
-from annif_ebm.cache import CACHE_FILE
+from annif_ebm.model_files import CACHE_FILE
 from common import (BENCH, DATA_ROOT, DATASETS, RESULTS, machine_facts, markdown_table,
                     time_stats, timed_run)
 

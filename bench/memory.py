@@ -21,7 +21,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from annif_ebm.cache import CACHE_FILE
+from annif_ebm.model_files import CACHE_FILE
 from common import BENCH, DATA_ROOT, RESULTS, machine_facts, markdown_table, timed_run
 
 

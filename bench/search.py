@@ -32,10 +32,10 @@ from common import RESULTS, machine_facts, markdown_table
 
 def queries_from(corpus: str, n: int) -> np.ndarray:
     from annif_ebm.chunking import Chunker
-    from annif_ebm.embedding import Embedder
+    from annif_ebm.embedding import load_encoder
     from annif_ebm.params import EbmParams
 
-    params, _ = EbmParams.parse({"device": "cpu"})
+    params = EbmParams.parse({"device": "cpu"})
     chunker = Chunker("en", params.max_chunk_length, params.max_chunks)
     chunks = []
     with open(corpus, encoding="utf-8") as file:
@@ -43,7 +43,7 @@ def queries_from(corpus: str, n: int) -> np.ndarray:
             chunks += chunker.chunk(line.split("\t", 1)[0])
             if len(chunks) >= n:
                 break
-    return Embedder(params).encode_queries(chunks[:n])
+    return load_encoder(params).encode_queries(chunks[:n])
 
 
 def timed(fn, *args, **kwargs):
@@ -72,21 +72,23 @@ def main() -> None:
     parser.add_argument("--lateral-queries", type=int, default=50)
     parser.add_argument("--tag", default="", help="added to the results file name")
     args = parser.parse_args()
-    from annif_ebm.store import LabelStore, load_vss, search_precision
+    from annif_ebm.search import ExactSearch, label_search, resolve_precision
+    from annif_ebm.store import LabelStore, load_vss
 
     queries = queries_from(args.corpus, args.queries)
     n, k = len(queries), args.k
     store = LabelStore(args.store)
-    store.label_matrix()  # read once, as the backend does at initialize
+    vectors = store.label_vectors()  # read once, as the backend does at initialize
     rows = []
 
-    (q, labels, _), seconds = timed(store.search, queries, k, "exact")
+    (q, labels, _), seconds = timed(ExactSearch(vectors, precision="float32").search, queries, k)
     exact = per_query(q, labels, n)
     rows.append({"method": "exact (torch matmul + grouped top-k, float32)", "queries": n,
                  "seconds": seconds, "queries_per_s": n / seconds, "recall": 1.0})
-    native = search_precision("auto", "cpu") == "bfloat16"
-    store.label_matrix("cpu", "bfloat16")
-    (q, labels, _), seconds = timed(store.search, queries, k, "exact", precision="bfloat16")
+    native = resolve_precision("auto", "cpu") == "bfloat16"
+    bfloat16 = ExactSearch(vectors, precision="bfloat16")
+    bfloat16.matrices()  # the bfloat16 copy, made before the clock starts
+    (q, labels, _), seconds = timed(bfloat16.search, queries, k)
     rows.append({"method": "exact, bfloat16 candidates scored again in float32"
                  + (" (native bfloat16: the auto setting here)" if native else " (emulated here)"),
                  "queries": n, "seconds": seconds, "queries_per_s": n / seconds,
@@ -119,9 +121,10 @@ def main() -> None:
         con.execute(f"ATTACH '{indexed}' AS store")
         con.execute("UPDATE store.meta SET value = 'True' WHERE key = 'hnsw'")
         con.close()
-        hnsw_store = LabelStore(indexed)
-        for ef in (64, 256):
-            (q, labels, _), seconds = timed(hnsw_store.search, queries, k, "hnsw", "cpu", ef)
+        hnsw = label_search(LabelStore(indexed), "hnsw")
+        for ef in (64, 256):  # one connection for both
+            hnsw.ef_search = ef
+            (q, labels, _), seconds = timed(hnsw.search, queries, k)
             rows.append({"method": f"HNSW, query per chunk (ef_search {ef}; build {build:.0f} s)",
                          "queries": n, "seconds": seconds, "queries_per_s": n / seconds,
                          "recall": recall(per_query(q, labels, n), exact)})

@@ -81,10 +81,10 @@ def main() -> None:
         # the limit: the same chunks, encoded by the bare model, same batches
         from annif_ebm.chunking import Chunker
         from annif_ebm.params import EbmParams
-        from annif_ebm.store import search_precision
+        from annif_ebm.search import resolve_precision
 
-        params, _ = EbmParams.parse({**backend.params, **overrides})
-        embedder = backend._embedder_for(params)
+        params = EbmParams.parse({**backend.params, **overrides})
+        embedder = backend._encoder_for(params)
         chunker = Chunker(project.language, params.max_chunk_length, params.max_chunks)
         chunk_batches = [[c for t in batch for c in chunker.chunk(t)] for batch in batches]
 
@@ -119,7 +119,7 @@ def main() -> None:
             {"measure": "chunks", "value": n_chunks},
             {"measure": "device", "value": ",".join(embedder.devices)},
             {"measure": "label search precision",
-             "value": search_precision(params.search_precision, embedder.devices[0])},
+             "value": resolve_precision(params.search_precision, embedder.search_device)},
             {"measure": "pure encode s (median)", "value": limit},
             {"measure": "end-to-end suggest s (median)", "value": total},
             {"measure": "ratio end-to-end / encode", "value": total / limit},

@@ -27,11 +27,11 @@ def read_tsv_lines(path: pathlib.Path, n: int) -> list[str]:
 @pytest.fixture(scope="session")
 def embedder():
     """The bundled default model, loaded once on the CPU."""
-    from annif_ebm.embedding import Embedder
+    from annif_ebm.embedding import load_encoder
     from annif_ebm.params import EbmParams
 
-    params, _ = EbmParams.parse({"device": "cpu"})
-    return Embedder(params)
+    params = EbmParams.parse({"device": "cpu"})
+    return load_encoder(params)
 
 
 class AnnifEnv:
@@ -50,11 +50,11 @@ class AnnifEnv:
         return env
 
     def run(self, *args: str, check: bool = True, stdin: str | None = None,
-            timeout: float = 900):
+            timeout: float = 900, extra_env: dict | None = None):
         result = subprocess.run(
             [ANNIF, *args],
             cwd=self.path,
-            env=self.env(),
+            env={**self.env(), **(extra_env or {})},
             input=stdin,
             capture_output=True,
             text=True,

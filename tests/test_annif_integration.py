@@ -476,4 +476,4 @@ def test_example_toml_and_cfg_define_the_same_project():
     toml = dict(annif.config.parse_config(str(EXAMPLES_DIR / "projects.toml"))["gnd-ebm-en"])
     assert {k: str(v) for k, v in toml.items() if k in ANNIF_SETTINGS} == {
         k: v for k, v in cfg.items() if k in ANNIF_SETTINGS}
-    assert EbmParams.parse(toml)[0] == EbmParams.parse(cfg)[0]
+    assert EbmParams.parse(toml) == EbmParams.parse(cfg)

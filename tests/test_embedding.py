@@ -1,14 +1,67 @@
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 from annif.exception import OperationFailedException
 
-from annif_ebm.embedding import Embedder, resolve_device
-from annif_ebm.params import EbmParams
+from annif_ebm.embedding import (
+    FACTORY_FIELDS,
+    Encoder,
+    SentenceTransformerEncoder,
+    encoder_key,
+    load_encoder,
+    model_location,
+    resolve_device,
+)
+from annif_ebm.params import DEFAULT_MODEL, EbmParams
+
+FIELD_NAMES = {f.name for f in EbmParams.specs()}
 
 
 def params(**raw):
-    return EbmParams.parse({"device": "cpu", **raw})[0]
+    return EbmParams.parse({"device": "cpu", **raw})
+
+
+class Recording:
+    """EbmParams that note which of their fields are read."""
+
+    def __init__(self, params: EbmParams) -> None:
+        self.params, self.read = params, set()
+
+    def __getattr__(self, name):  # only for names not set in __init__
+        self.read.add(name)
+        return getattr(self.params, name)
+
+
+def read_by_encoder(params: EbmParams, location: str | None = None) -> tuple[set, Encoder]:
+    """The EbmParams fields load_encoder and the encoder read while it is
+    built and encodes queries and documents."""
+    recording = Recording(params)
+    encoder = load_encoder(recording, location)
+    encoder.encode_queries(["economics", "cats"])
+    encoder.encode_documents(["labour market"])
+    return recording.read & FIELD_NAMES, encoder
+
+
+def other_value(value):
+    """A different value of a parameter's type."""
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, (int, float)):
+        return value + 1
+    if isinstance(value, dict):
+        return {**value, "other": 1}
+    return value + "-other"
+
+
+def assert_key_follows_fields(p: EbmParams, fields: tuple[str, ...],
+                              location: str | None = None) -> None:
+    """The key changes with each field in ``fields`` and with none of the rest."""
+    key = encoder_key(p, location)
+    for name in FIELD_NAMES:
+        changed = dataclasses.replace(p, **{name: other_value(getattr(p, name))})
+        assert (encoder_key(changed, location) != key) == (name in fields), name
 
 
 def test_default_model_is_offline_normalised_384d(embedder):
@@ -30,8 +83,52 @@ def test_duplicates_are_encoded_once_and_mapped_back(embedder):
     assert embedder.encode_queries([]).shape == (0, 384)
 
 
+def test_the_local_encoder_satisfies_the_protocol(embedder):
+    assert isinstance(embedder, SentenceTransformerEncoder)
+    assert isinstance(embedder, Encoder)
+    assert embedder.search_device == "cpu" and embedder.devices == ["cpu"]
+    assert embedder.dimension == 384
+    assert embedder.source == f"embedding model '{DEFAULT_MODEL}'"
+
+
+def test_the_encoder_key_holds_every_field_the_local_encoder_reads():
+    read, _ = read_by_encoder(params(truncate_dim="64"))
+    assert read == set(FACTORY_FIELDS + SentenceTransformerEncoder.FIELDS)
+    assert_key_follows_fields(params(), FACTORY_FIELDS + SentenceTransformerEncoder.FIELDS)
+
+
+def test_the_encoder_key_changes_with_what_the_encoder_reads_only():
+    key = encoder_key(params())
+    assert encoder_key(params(limit="7")) == key
+    assert encoder_key(params(use_altlabels="false", knn_neighbors="3")) == key
+    assert encoder_key(params(device="cpu,cpu")) != key
+    assert encoder_key(params(query_prompt="query: ")) != key
+    assert encoder_key(params(), "/a/static/model") != key
+    assert encoder_key(params(api_url="http://127.0.0.1:1/v1")) != key
+
+
+def test_a_saved_model_is_loaded_from_its_location(tmp_path):
+    """How the project's distilled static model is loaded: here a static
+    model on the bundled model's tokenizer, saved with sentence-transformers."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.models import StaticEmbedding
+    from tokenizers import Tokenizer
+
+    path, _ = model_location(DEFAULT_MODEL)
+    tokenizer = Tokenizer.from_file(f"{path}/tokenizer.json")
+    static = StaticEmbedding(tokenizer, embedding_dim=32)
+    SentenceTransformer(modules=[static], device="cpu").save(str(tmp_path / "static"))
+    emb = load_encoder(params(static_embedding="true"), str(tmp_path / "static"))
+    assert isinstance(emb, SentenceTransformerEncoder) and emb.dimension == 32
+    assert emb.source == f"static embedding model distilled from '{DEFAULT_MODEL}'"
+    vectors = emb.encode_documents(["economics", "labour market", "economics"])
+    assert vectors.shape == (3, 32) and vectors.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_array_equal(vectors[0], vectors[2])
+
+
 def test_truncate_dim():
-    emb = Embedder(params(truncate_dim="128"))
+    emb = load_encoder(params(truncate_dim="128"))
     assert emb.dimension == 128
     vectors = emb.encode_documents(["economics"])
     assert vectors.shape == (1, 128)
@@ -39,8 +136,8 @@ def test_truncate_dim():
 
 
 def test_prompts_apply_to_their_side():
-    emb = Embedder(params(query_prompt="query: ", document_prompt="passage: "))
-    plain = Embedder(params())
+    emb = load_encoder(params(query_prompt="query: ", document_prompt="passage: "))
+    plain = load_encoder(params())
     query = emb.encode_queries(["economics"])[0]
     document = emb.encode_documents(["economics"])[0]
     assert not np.allclose(query, document)
@@ -49,7 +146,7 @@ def test_prompts_apply_to_their_side():
 
 def test_unloadable_model_is_a_clear_error(tmp_path):
     with pytest.raises(OperationFailedException, match="cannot load embedding model"):
-        Embedder(params(model=str(tmp_path / "no-such-model")))
+        load_encoder(params(model=str(tmp_path / "no-such-model")))
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA present")
@@ -61,7 +158,7 @@ def test_cuda_requested_without_cuda_is_a_clear_error():
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_encoding_matches_cpu(embedder):
-    gpu = Embedder(params(device="cuda", dtype="float32"))
+    gpu = load_encoder(params(device="cuda", dtype="float32"))
     texts = ["economics", "machine learning"]
     np.testing.assert_allclose(
         gpu.encode_queries(texts), embedder.encode_queries(texts), atol=1e-3
@@ -82,7 +179,7 @@ class _OomOnBigBatches:
 
 
 def test_out_of_memory_halves_the_batch_and_retries(monkeypatch):
-    emb = Embedder(params(batch_size="64"))
+    emb = load_encoder(params(batch_size="64"))
     expected = emb.encode_queries(["a b c", "d e f"])
     fake = _OomOnBigBatches(emb.model)
     monkeypatch.setattr(emb, "model", fake)
@@ -93,7 +190,7 @@ def test_out_of_memory_halves_the_batch_and_retries(monkeypatch):
 
 
 def test_nan_output_is_a_clear_error(monkeypatch):
-    emb = Embedder(params())
+    emb = load_encoder(params())
 
     class NanModel:
         def encode(self, texts, **kwargs):
@@ -107,7 +204,7 @@ def test_nan_output_is_a_clear_error(monkeypatch):
 def test_several_devices_encode_through_one_worker_pool(embedder):
     """device=cuda:0,cuda:1 spreads encoding over worker processes; the same
     plumbing runs here with two CPU workers."""
-    multi = Embedder(params(device="cpu,cpu"))
+    multi = load_encoder(params(device="cpu,cpu"))
     texts = [f"text number {i} about economics" for i in range(40)]
     np.testing.assert_allclose(multi.encode_queries(texts), embedder.encode_queries(texts),
                                atol=1e-5)

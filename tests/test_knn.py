@@ -10,9 +10,13 @@ from annif.vocab.vocab import AnnifVocabulary
 from annif_ebm.features import FEATURE_FAMILIES, finish_features, hierarchy_features
 from annif_ebm.knn import TrainingDocuments, pool_documents
 from annif_ebm.labels import BROADER, NARROWER, RELATED, LabelSet, vocabulary_relations
+from annif_ebm.chunking import Chunker, chunk_texts
+from annif_ebm.matcher import Matcher
 from annif_ebm.params import EbmParams
-from annif_ebm.pipeline import CandidateGenerator
-from annif_ebm.store import LabelStore, write_store
+from annif_ebm.search import label_search
+from annif_ebm.store import LabelStore, write_store, write_training_documents
+from annif_ebm.suggest import candidates as suggest_candidates
+from annif_ebm.timing import StageTimer
 
 from .conftest import SHARED_DATA
 
@@ -98,7 +102,7 @@ def test_training_documents_round_trip_through_the_store(tmp_path, embedder):
     write_store(path, labels, embedder.encode_documents(labels.texts), "m")
     docs = TrainingDocuments.from_pairs(unit([1, 0, 0], [0, 1, 0]), np.array([0, 1, 1]),
                                         np.array([3, 3, 4]))
-    LabelStore(path).add_training_documents(docs)
+    write_training_documents(path, docs)
     loaded = LabelStore(path).training_documents()
     assert loaded.vectors == pytest.approx(docs.vectors)
     assert loaded.offsets.tolist() == docs.offsets.tolist()
@@ -122,18 +126,29 @@ def knn_store(tmp_path, embedder):
     train_texts = ["Training deep neural networks with backpropagation.",
                    "Wages, jobs and unemployment in the labour market."]
     vectors = embedder.encode_queries(train_texts)
-    store = LabelStore(path)
-    store.add_training_documents(TrainingDocuments.from_pairs(
+    write_training_documents(path, TrainingDocuments.from_pairs(
         vectors, np.array([0, 0, 1]), np.array([102, 103, 101])))
-    return store, train_texts
+    return LabelStore(path), train_texts
+
+
+def matcher_of(store, params, timer=None):
+    """A matcher with the store's training documents, as suggest builds it."""
+    return Matcher(store, label_search(store, "exact"), params, store.training_documents(),
+                   timer or StageTimer())
+
+
+def candidates_of(texts, store, params, embedder, timer=None):
+    matcher = matcher_of(store, params, timer)
+    return suggest_candidates(texts, "en", embedder, matcher, matcher.timer)
 
 
 def test_knn_candidates_join_label_candidates_in_one_row_per_concept(knn_store, embedder):
     store, train_texts = knn_store
     params = EbmParams.parse({"knn_neighbors": "1", "max_chunk_length": "200",
-                                "candidates_per_chunk": "2"})[0]
-    generator = CandidateGenerator("en", embedder, store, params)
-    frame = generator.candidates(["Backpropagation for training deep neural networks."])
+                                "candidates_per_chunk": "2"})
+    timer = StageTimer()
+    frame = candidates_of(["Backpropagation for training deep neural networks."], store,
+                          params, embedder, timer)
     rows = {r["concept_id"]: r for r in frame.iter_rows(named=True)}
     assert frame.select("doc", "concept_id").is_unique().all()
     assert rows[102]["knn_count"] == 1 and rows[102]["max_score"] is not None  # both sources
@@ -141,10 +156,11 @@ def test_knn_candidates_join_label_candidates_in_one_row_per_concept(knn_store, 
     assert rows[103]["n_chunks"] == 1
     assert rows[102]["prior"] == pytest.approx(np.log1p(1))
     assert rows[104]["knn_count"] is None and rows[104]["max_score"] > 0  # label match only
-    assert "knn" in generator.stage_seconds
+    assert "knn" in timer.seconds
     # the ranker's training data: a training document is not its own neighbour
-    chunked = generator.chunk(train_texts[:1])
-    own = generator.candidates_from_vectors(
+    chunked = chunk_texts(Chunker("en", params.max_chunk_length, params.max_chunks),
+                          train_texts[:1])
+    own = matcher_of(store, params).match(
         chunked.doc, chunked.position, chunked.n_chunks,
         embedder.encode_queries(chunked.chunks), own_docs=np.array([0]))
     own_rows = {r["concept_id"]: r for r in own.iter_rows(named=True)}
@@ -158,10 +174,10 @@ def test_knn_candidates_join_label_candidates_in_one_row_per_concept(knn_store, 
     ({"use_label_features": "false"}, "label"), ({"use_hierarchy": "false"}, "hierarchy")])
 def test_each_feature_family_can_be_switched_off(knn_store, embedder, switch, family):
     store, _ = knn_store
-    params = EbmParams.parse({"knn_neighbors": "1", "candidates_per_chunk": "2", **switch})[0]
+    params = EbmParams.parse({"knn_neighbors": "1", "candidates_per_chunk": "2", **switch})
     assert params.disabled_feature_families() == (family,)
-    frame = CandidateGenerator("en", embedder, store, params).candidates(
-        ["Backpropagation for training deep neural networks."])
+    frame = candidates_of(["Backpropagation for training deep neural networks."], store,
+                          params, embedder)
     assert frame.height > 0
     for name in FEATURE_FAMILIES[family]:
         assert frame[name].is_null().all(), name
@@ -174,9 +190,8 @@ def test_each_feature_family_can_be_switched_off(knn_store, embedder, switch, fa
 
 def test_label_features(knn_store, embedder):
     store, _ = knn_store
-    params = EbmParams.parse({"knn_neighbors": "0"})[0]
-    frame = CandidateGenerator("en", embedder, store, params).candidates(
-        ["Artificial neural network architecture"])
+    params = EbmParams.parse({"knn_neighbors": "0"})
+    frame = candidates_of(["Artificial neural network architecture"], store, params, embedder)
     row = frame.filter(pl.col("concept_id") == 104).row(0, named=True)
     assert row["label_tokens"] == 4 and row["concept_labels"] == 1
 

@@ -6,13 +6,13 @@ from annif_ebm.params import DEFAULT_MODEL, EbmParams, Kind
 
 @pytest.mark.parametrize("text", ["False", "false", "0", "no", "off", "NO"])
 def test_false_strings_are_false(text):
-    params, _ = EbmParams.parse({"use_altlabels": text})
+    params = EbmParams.parse({"use_altlabels": text})
     assert params.use_altlabels is False
 
 
 @pytest.mark.parametrize("text", ["True", "1", "yes", "on"])
 def test_true_strings_are_true(text):
-    params, _ = EbmParams.parse({"use_altlabels": text})
+    params = EbmParams.parse({"use_altlabels": text})
     assert params.use_altlabels is True
 
 
@@ -41,15 +41,15 @@ def test_unknown_parameter_is_an_error():
 
 
 def test_annif_project_settings_are_ignored():
-    params, explicit = EbmParams.parse(
+    params = EbmParams.parse(
         {"name": "x", "language": "en", "backend": "ebm", "vocab": "v", "limit": "7"}
     )
     assert params.limit == 7
-    assert explicit == {"limit"}
+    assert params.explicit == {"limit"}
 
 
 def test_typed_values_and_defaults():
-    params, _ = EbmParams.parse(
+    params = EbmParams.parse(
         {"device": "CUDA:1", "batch_size": "16", "model_kwargs": '{"a": 1}'}
     )
     assert params.device == "cuda:1"
@@ -60,7 +60,7 @@ def test_typed_values_and_defaults():
 
 
 def test_jobs_fill_thread_counts_not_given():
-    params, _ = EbmParams.parse({"xgb_jobs": "3"}, jobs=2)
+    params = EbmParams.parse({"xgb_jobs": "3"}, jobs=2)
     assert (params.torch_threads, params.duckdb_threads, params.xgb_jobs) == (2, 2, 3)
 
 
@@ -79,22 +79,22 @@ def test_every_parameter_has_kind_and_doc():
 
 def test_stored_model_settings_fill_unset_values():
     stored = dict(EbmParams().model_settings(), truncate_dim=128)
-    params, explicit = EbmParams.parse({"device": "cpu"})
-    assert params.with_stored_model(stored, explicit).truncate_dim == 128
+    params = EbmParams.parse({"device": "cpu"})
+    assert params.with_stored_model(stored).truncate_dim == 128
 
 
 def test_conflicting_model_setting_names_both_values():
     stored = dict(EbmParams().model_settings(), model="model-a")
-    params, explicit = EbmParams.parse({"model": "model-b"})
+    params = EbmParams.parse({"model": "model-b"})
     with pytest.raises(ConfigurationException) as info:
-        params.with_stored_model(stored, explicit)
+        params.with_stored_model(stored)
     assert "model-a" in str(info.value) and "model-b" in str(info.value)
 
 
 def test_same_explicit_model_setting_is_fine():
     stored = EbmParams().model_settings()
-    params, explicit = EbmParams.parse({"use_altlabels": "yes"})
-    assert params.with_stored_model(stored, explicit).use_altlabels is True
+    params = EbmParams.parse({"use_altlabels": "yes"})
+    assert params.with_stored_model(stored).use_altlabels is True
 
 
 def test_configuration_reference_is_up_to_date():
@@ -111,6 +111,6 @@ def test_configuration_reference_is_up_to_date():
 def test_the_bundled_model_is_known_to_be_english():
     from annif_ebm.params import EbmParams
 
-    assert EbmParams.parse({})[0].languages() == ("en",)
-    assert EbmParams.parse({"model": "/some/other/model"})[0].languages() == ()
-    assert EbmParams.parse({"model_languages": "DE, fi"})[0].languages() == ("de", "fi")
+    assert EbmParams.parse({}).languages() == ("en",)
+    assert EbmParams.parse({"model": "/some/other/model"}).languages() == ()
+    assert EbmParams.parse({"model_languages": "DE, fi"}).languages() == ("de", "fi")

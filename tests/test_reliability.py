@@ -5,17 +5,15 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
-import os
 import signal
 import subprocess
 import time
 
-import numpy as np
 import pytest
 from annif.corpus import Document
 from annif.exception import OperationFailedException
 
-from .conftest import ANNIF, EBM_PROJECT, AnnifEnv, parse_metrics
+from .conftest import ANNIF, AnnifEnv, parse_metrics
 
 pytestmark = pytest.mark.slow
 
@@ -333,7 +331,7 @@ def test_several_processes_read_one_project_at_once(trained_env):
 
 
 def test_wrong_embedding_dimension_is_a_clear_error(project, monkeypatch):
-    embedder = project.backend._embedder_for(project.backend._parse(project.backend.params)[0])
+    embedder = project.backend._encoder_for(project.backend._parse(project.backend.params))
     monkeypatch.setattr(embedder, "dimension", 128)
     with pytest.raises(OperationFailedException, match="gives 128 dimensions"):
         project.backend.suggest([Document(text=TEXT)])
@@ -489,7 +487,7 @@ def test_no_pickle_in_the_project_datadir(trained_env):
 
 
 def test_remote_code_is_off_unless_asked(project):
-    params, _ = project.backend._parse(project.backend.params)
+    params = project.backend._parse(project.backend.params)
     assert params.trust_remote_code is False
 
 

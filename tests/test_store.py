@@ -1,10 +1,10 @@
 import numpy as np
-import torch
 import pytest
 from annif.exception import OperationFailedException
 
+from annif_ebm.knn import TrainingDocuments
 from annif_ebm.labels import LabelSet
-from annif_ebm.store import LabelStore, write_store
+from annif_ebm.store import LabelStore, write_store, write_training_documents
 
 TEXTS = ["Economics", "Labour market", "Machine learning", "Neural networks",
          "Medieval poetry", "Economic science"]
@@ -27,197 +27,43 @@ def store_path(tmp_path_factory, label_set, embedder):
     return path
 
 
-def test_store_keeps_labels_concepts_and_metadata(store_path, label_set):
+def test_store_keeps_labels_concepts_and_metadata(store_path, label_set, embedder):
     store = LabelStore(str(store_path))
     assert len(store) == len(TEXTS)
     assert store.model_id == "test-model" and store.dimension == 384
     np.testing.assert_array_equal(store.concept_ids, label_set.concept_ids)
     np.testing.assert_array_equal(store.is_pref, label_set.is_pref)
-    assert store.label_matrix().shape == (len(TEXTS), 384)
+    vectors = store.label_vectors()
+    assert vectors.shape == (len(TEXTS), 384) and vectors.dtype == np.float32
+    assert store.label_vectors() is vectors  # read once
+    np.testing.assert_allclose(vectors, embedder.encode_documents(TEXTS), atol=1e-6)
+    assert not store.has_training_documents and store.training_documents() is None
 
 
-def test_exact_search_finds_nearest_labels_best_first(store_path, embedder):
-    store = LabelStore(str(store_path))
-    queries = embedder.encode_queries(["deep neural networks", "the job market for workers"])
-    query, label, score = store.search(queries, 3)
-    np.testing.assert_array_equal(query, [0, 0, 0, 1, 1, 1])
-    assert TEXTS[label[0]] == "Neural networks"
-    assert TEXTS[label[3]] == "Labour market"
-    assert (np.diff(score[:3]) <= 0).all() and (np.diff(score[3:]) <= 0).all()
-    assert -1.0 <= score.min() and score.max() <= 1.0
-
-
-def test_k_larger_than_vocabulary_and_empty_queries(store_path, embedder):
-    store = LabelStore(str(store_path))
-    query, label, _ = store.search(embedder.encode_queries(["x"]), 100)
-    assert sorted(label) == list(range(len(TEXTS)))
-    assert all(len(part) == 0 for part in store.search(np.zeros((0, 384), np.float32), 5))
-
-
-def test_exact_search_over_label_and_query_blocks_equals_brute_force(tmp_path, monkeypatch):
-    # 1000 random labels in blocks of 64, 300 queries in blocks of 16: the
-    # merged per-block top-k must be the plain top-k of the full score matrix
-    import annif_ebm.store as store_module
-
-    monkeypatch.setattr(store_module, "EXACT_LABEL_BLOCK", 64)
-    monkeypatch.setattr(store_module, "SCORE_BUFFER_BYTES", 16 * 64 * 4)
-    rng = np.random.default_rng(0)
-    vectors = rng.normal(size=(1000, 384)).astype(np.float32)
-    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    labels = LabelSet(texts=[f"label {i}" for i in range(1000)],
-                      concept_ids=np.arange(1000, dtype=np.int32),
-                      is_pref=np.ones(1000, dtype=bool))
-    write_store(str(tmp_path / "labels.duckdb"), labels, vectors, "test-model")
-    store = LabelStore(str(tmp_path / "labels.duckdb"))
-    queries = rng.normal(size=(300, 384)).astype(np.float32)
-    query, label, score = store.search(queries, 7)
-    expected = np.argsort(-(queries @ vectors.T), axis=1)[:, :7]
-    np.testing.assert_array_equal(query, np.repeat(np.arange(300), 7))
-    np.testing.assert_array_equal(label.reshape(300, 7), expected)
-    np.testing.assert_allclose(score.reshape(300, 7),
-                               np.take_along_axis(queries @ vectors.T, expected, 1), rtol=1e-5)
-    assert store._score_buffer("cpu", torch.float32)[1:] == (16, 64)  # really in blocks
-
-
-@pytest.mark.parametrize("columns", [100, 4096, 5037])
-def test_grouped_top_k_equals_a_plain_top_k(columns):
-    # 5037: a ragged tail after the last full group; rounding makes ties
-    from annif_ebm.topk import top_k
-
-    rng = np.random.default_rng(columns)
-    for scores in (rng.normal(size=(50, columns)), rng.normal(size=(50, columns)).round(1)):
-        scores = torch.from_numpy(scores.astype(np.float32))
-        values, columns_found = top_k(scores, 20)
-        expected = torch.topk(scores, 20, dim=1)
-        assert torch.equal(values, expected.values)
-        assert torch.equal(torch.gather(scores, 1, columns_found), values)
-        assert all(len(set(row.tolist())) == 20 for row in columns_found)
-
-
-def clustered_store(path, n_labels=5000, n_queries=300):
-    """Labels and queries clustered like text embeddings (cosines 0.3-0.5):
-    (store, label vectors, query vectors)."""
-    rng = np.random.default_rng(1)
-
-    def unit(x):
-        return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
-
-    common = rng.normal(size=384)
-    vectors = unit(2 * common / np.linalg.norm(common) + rng.normal(size=(n_labels, 384)) * 0.06)
-    queries = unit(vectors[rng.integers(0, n_labels, n_queries)]
-                   + rng.normal(size=(n_queries, 384)) * 0.08)
-    labels = LabelSet(texts=[f"label {i}" for i in range(n_labels)],
-                      concept_ids=np.arange(n_labels, dtype=np.int32),
-                      is_pref=np.ones(n_labels, dtype=bool))
-    write_store(str(path), labels, vectors, "test-model")
-    return LabelStore(str(path)), vectors, queries
-
-
-def overlap(found: np.ndarray, expected: np.ndarray, k: int) -> float:
-    """Mean share of each query's expected labels that were found."""
-    return np.mean([len(set(a) & set(b)) / k
-                    for a, b in zip(found.reshape(-1, k), expected.reshape(-1, k))])
-
-
-def test_bfloat16_search_scores_its_candidates_exactly(tmp_path, monkeypatch):
-    # the bfloat16 pass must keep the float32 top-k, with float32 scores
-    import annif_ebm.store as store_module
-
-    monkeypatch.setattr(store_module, "EXACT_LABEL_BLOCK", 2048)
-    store, vectors, queries = clustered_store(tmp_path / "labels.duckdb")
-    _, exact_labels, _ = store.search(queries, 20, precision="float32")
-    query, label, score = store.search(queries, 20, precision="bfloat16")
-    np.testing.assert_array_equal(query, np.repeat(np.arange(300), 20))
-    np.testing.assert_allclose(score, np.einsum("qd,qd->q", queries[query], vectors[label]),
-                               atol=1e-6)  # float32 scores, best first
-    assert (np.diff(score.reshape(300, 20), axis=1) <= 0).all()
-    assert overlap(label, exact_labels, 20) > 0.999
-    assert store._score_buffer("cpu", torch.bfloat16)[0].dtype == torch.bfloat16
-
-
-def test_identical_labels_come_in_label_order_whatever_the_precision(tmp_path):
-    # labels i, i+500 and i+1000 share a vector (one text, three concepts):
-    # their order, and which of them make the cut, must not depend on the
-    # order the search met them in (it varies with precision, batch, threads),
-    # and a label's score must not depend on the precision
-    rng = np.random.default_rng(3)
-    base = rng.normal(size=(500, 384)).astype(np.float32)
-    base /= np.linalg.norm(base, axis=1, keepdims=True)
-    vectors = np.concatenate([base, base, base])
-    labels = LabelSet(texts=[f"label {i % 500}" for i in range(1500)],
-                      concept_ids=np.arange(1500, dtype=np.int32),
-                      is_pref=np.ones(1500, dtype=bool))
-    write_store(str(tmp_path / "labels.duckdb"), labels, vectors, "test-model")
-    store = LabelStore(str(tmp_path / "labels.duckdb"))
-    queries = base[:40] + rng.normal(size=(40, 384)).astype(np.float32) * 0.05
-    found = {}
-    for precision in ("float32", "bfloat16"):
-        _, label, score = store.search(queries, 7, precision=precision)
-        found[precision] = label.reshape(40, 7), score
-        for row in found[precision][0]:
-            # two whole groups of three, then the first of the third group
-            assert (row[:6:3] < 500).all() and row[6] < 500
-            np.testing.assert_array_equal(row[:6], np.repeat(row[:6:3], 3) + [0, 500, 1000] * 2)
-    for bfloat16, float32 in zip(found["bfloat16"], found["float32"]):
-        np.testing.assert_array_equal(bfloat16, float32)  # bitwise: same labels, same scores
-
-
-@pytest.mark.cuda
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
-def test_search_on_cuda_agrees_with_the_cpu(tmp_path, precision):
-    store, _, queries = clustered_store(tmp_path / "labels.duckdb")
-    _, cpu_labels, cpu_scores = store.search(queries, 20, precision="float32")
-    _, labels, scores = store.search(queries, 20, device="cuda", precision=precision)
-    assert store.label_matrix("cuda", precision).is_cuda
-    assert overlap(labels, cpu_labels, 20) > 0.999
-    np.testing.assert_allclose(np.sort(scores), np.sort(cpu_scores), atol=1e-3)
-
-
-def test_search_precision_auto_is_bfloat16_only_where_native(monkeypatch):
-    from annif_ebm.store import search_precision
-
-    assert search_precision("float32", "cuda") == "float32"
-    assert search_precision("auto", "cuda:1") == "bfloat16"
-    assert search_precision("auto", "mps") == "float32"
-    for native in (True, False):
-        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: native, raising=False)
-        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native, raising=False)
-        assert search_precision("auto", "cpu") == ("bfloat16" if native else "float32")
-
-
-def test_hnsw_search_agrees_with_exact(store_path, embedder):
-    store = LabelStore(str(store_path))
-    assert store.has_hnsw
-    queries = embedder.encode_queries(["poetry of the middle ages", "economics", "AI"])
-    exact = store.search(queries, 2, "exact")
-    approx = store.search(queries, 2, "hnsw", ef_search=64)
-    np.testing.assert_array_equal(exact[1], approx[1])
-    np.testing.assert_allclose(exact[2], approx[2], atol=1e-4)
-
-
-def test_hnsw_query_uses_the_index(store_path, embedder):
-    store = LabelStore(str(store_path))
-    sql = store.hnsw_sql(embedder.encode_queries(["economics"])[0], 2)
-    con = store._open(with_vss=True)
-    try:
-        plan = "".join(row[1] for row in con.execute("EXPLAIN " + sql).fetchall())
-    finally:
-        con.close()
-    assert "HNSW_INDEX_SCAN" in plan
-
-
-def test_hnsw_search_without_index_is_a_clear_error(tmp_path, label_set, embedder):
-    path = tmp_path / "plain.duckdb"
-    write_store(str(path), label_set, embedder.encode_documents(TEXTS), "m")
-    with pytest.raises(OperationFailedException, match="no HNSW index"):
-        LabelStore(str(path)).search(embedder.encode_queries(["x"]), 2, "hnsw")
+@pytest.mark.parametrize("n_docs", [3, 0])
+def test_training_documents_round_trip(tmp_path, label_set, embedder, n_docs):
+    path = str(tmp_path / "labels.duckdb")
+    write_store(path, label_set, embedder.encode_documents(TEXTS), "m")
+    vectors = embedder.encode_queries(["wages and jobs", "neural nets", "no subjects"])[:n_docs]
+    docs = TrainingDocuments.from_pairs(vectors, np.array([0, 1, 1][:n_docs]),
+                                        np.array([11, 12, 13][:n_docs]))
+    write_training_documents(path, docs)
+    store = LabelStore(path)
+    assert store.has_training_documents
+    loaded = store.training_documents()
+    assert store.training_documents() is loaded  # read once
+    assert loaded.vectors.dtype == docs.vectors.dtype and loaded.vectors.shape == (n_docs, 384)
+    np.testing.assert_array_equal(loaded.vectors, docs.vectors)
+    assert loaded.offsets.tolist() == docs.offsets.tolist()
+    assert loaded.subjects.tolist() == docs.subjects.tolist()
+    assert len(store) == len(TEXTS)
 
 
 def test_store_file_is_opened_read_only(store_path):
     before = store_path.stat().st_mtime_ns
     first, second = LabelStore(str(store_path)), LabelStore(str(store_path))
     assert len(first) == len(second)
+    first.label_vectors()
     assert store_path.stat().st_mtime_ns == before
 
 

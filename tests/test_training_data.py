@@ -7,14 +7,15 @@ import polars as pl
 import pytest
 from annif.exception import NotInitializedException
 
-from annif_ebm import cache, duckdb_pool
+from annif_ebm import duckdb_pool
 from annif_ebm.features import FEATURE_NAMES
-from annif_ebm.training_data import (TRAIN_FILE, TrainingRun, cached_training_data,
-                                     candidate_batches, stored_metadata)
+from annif_ebm.model_files import CACHE_FILE, TRAIN_FILE
+from annif_ebm.training_data import (TrainingRun, cached_training_data, candidate_batches,
+                                     stored_metadata)
 
 LABELS = ["Economics", "Labour market", "Neural networks", "Economics"]
-SPACE_A = cache.space_table({"model": "m", "role": "document"})
-SPACE_B = cache.space_table({"model": "m", "role": "query"})
+SPACE_A = {"model": "m", "role": "document"}
+SPACE_B = {"model": "m", "role": "query"}
 
 
 class Counting:
@@ -31,18 +32,18 @@ class Counting:
 def test_labels_are_embedded_once_and_reused(tmp_path, embedder):
     encode = Counting(embedder.encode_documents)
     run = TrainingRun(str(tmp_path))
-    vectors, embedded = run.embed_labels(LABELS, SPACE_A, embedder.dimension, encode, False)
+    vectors, embedded = run.cache.vectors(LABELS, SPACE_A, embedder.dimension, encode, "labels")
     assert embedded == 3 and sorted(encode.texts) == sorted(set(LABELS))
     np.testing.assert_allclose(vectors, embedder.encode_documents(LABELS), atol=1e-6)
     run.abort()
 
     again = Counting(embedder.encode_documents)
     run = TrainingRun(str(tmp_path))
-    cached, embedded = run.embed_labels(LABELS[::-1], SPACE_A, embedder.dimension, again, False)
+    cached, embedded = run.cache.vectors(LABELS[::-1], SPACE_A, embedder.dimension, again, "labels")
     assert embedded == 0 and again.texts == []
     np.testing.assert_array_equal(cached, vectors[::-1])
     # another embedding space (e.g. prompt or model) never reuses these vectors
-    _, embedded = run.embed_labels(LABELS, SPACE_B, embedder.dimension, again, False)
+    _, embedded = run.cache.vectors(LABELS, SPACE_B, embedder.dimension, again, "labels")
     assert embedded == 3
     run.abort()
     assert not os.path.exists(tmp_path / f"tmp-{TRAIN_FILE}")
@@ -61,7 +62,7 @@ def test_chunks_embedded_once_and_read_back_by_document(tmp_path, embedder):
     run = TrainingRun(str(tmp_path))
     add_two_batches(run)
     assert run.n_docs == 3
-    assert run.embed_chunks(SPACE_B, embedder.dimension, encode, False) == 2
+    assert run.embed_chunks(SPACE_B, embedder.dimension, encode) == 2
     assert sorted(encode.texts) == ["Neural networks learn.", "Wages and jobs."]
     batches = list(run.chunk_batches(2, run.n_docs))
     assert [b[0] for b in batches] == [0, 2]
@@ -89,7 +90,7 @@ def test_candidates_are_labelled_with_gold_and_published(tmp_path, embedder):
     path = run.finish({"store_file": "ebm-labels-x.duckdb"})
     assert not os.path.exists(tmp_path / TRAIN_FILE)  # not before the ranker is saved
     assert stored_metadata(path) == {"store_file": "ebm-labels-x.duckdb"}
-    batches = list(candidate_batches(path, "p", str(tmp_path)))
+    batches = list(candidate_batches(path, str(tmp_path)))
     features = np.concatenate([f for f, _ in batches])
     gold = np.concatenate([g for _, g in batches])
     assert gold.tolist() == [True, False, True, True, False]
@@ -97,7 +98,7 @@ def test_candidates_are_labelled_with_gold_and_published(tmp_path, embedder):
     assert features[0].tolist() == [float(i) for i in range(len(FEATURE_NAMES))]
     run.publish()
     assert os.path.exists(tmp_path / TRAIN_FILE) and not os.path.exists(path)
-    assert len(list(candidate_batches(cached_training_data(str(tmp_path)), "p",
+    assert len(list(candidate_batches(cached_training_data(str(tmp_path)),
                                       str(tmp_path)))) == 1
     assert not list(tmp_path.glob(duckdb_pool.SPILL_PREFIX + "*"))  # spill folders removed
 
@@ -110,7 +111,7 @@ def test_missing_features_are_read_back_as_nan(tmp_path, embedder):
         pl.when(pl.col("concept_id") == 8).then(None).otherwise(pl.col(FEATURE_NAMES[-1]))
         .alias(FEATURE_NAMES[-1]))
     run.add_candidates(0, 2, rows)
-    features, gold = next(candidate_batches(run.finish({}), "p", str(tmp_path)))
+    features, gold = next(candidate_batches(run.finish({}), str(tmp_path)))
     assert features.dtype == np.float32 and gold.tolist() == [True, True]
     assert features[0, -1] == len(FEATURE_NAMES) - 1 and np.isnan(features[1, -1])
     assert not np.isnan(features[:, :-1]).any()
@@ -118,7 +119,7 @@ def test_missing_features_are_read_back_as_nan(tmp_path, embedder):
 
 def test_missing_cached_training_data_is_a_clear_error(tmp_path):
     with pytest.raises(NotInitializedException, match="train without --cached"):
-        next(candidate_batches(cached_training_data(str(tmp_path)), "p", str(tmp_path)))
+        next(candidate_batches(cached_training_data(str(tmp_path)), str(tmp_path)))
 
 
 def test_a_run_larger_than_its_memory_limit_joins_and_reads_back_in_order(tmp_path, monkeypatch):
@@ -137,7 +138,7 @@ def test_a_run_larger_than_its_memory_limit_joins_and_reads_back_in_order(tmp_pa
         return np.stack([np.random.default_rng(int(t.split()[1]) * 2 + int(t.split()[2]))
                          .normal(size=384).astype(np.float32) for t in texts])
 
-    assert run.embed_chunks(SPACE_B, 384, encode, False) == 30_000
+    assert run.embed_chunks(SPACE_B, 384, encode) == 30_000
     seen = 0
     for first, doc, position, n_chunks, vectors in run.chunk_batches(1024, run.n_docs):
         assert (np.diff(doc.astype(np.int64)) >= 0).all()
@@ -174,7 +175,7 @@ def test_candidates_of_five_times_the_pool_are_stored_and_read_back(tmp_path, mo
     assert n_docs * per_doc * (8 + 4 + 4 * len(FEATURE_NAMES)) > 5 * 32 * 2**20
     rows = gold_rows = 0
     last_doc = -1.0
-    for features, gold in candidate_batches(path, "p", str(tmp_path)):
+    for features, gold in candidate_batches(path, str(tmp_path)):
         assert len(gold) <= training_data.RANKER_BATCH_ROWS
         assert len(gold) % per_doc == 0  # whole documents
         assert (np.diff(features[:, 0]) >= 0).all() and features[0, 0] > last_doc
@@ -189,13 +190,13 @@ def test_candidates_of_five_times_the_pool_are_stored_and_read_back(tmp_path, mo
 
 def test_a_damaged_embedding_cache_is_rebuilt_with_a_warning(tmp_path, embedder, caplog):
     run = TrainingRun(str(tmp_path))
-    run.embed_labels(LABELS, SPACE_A, embedder.dimension, embedder.encode_documents, False)
+    run.cache.vectors(LABELS, SPACE_A, embedder.dimension, embedder.encode_documents, "labels")
     run.abort()
-    path = tmp_path / cache.CACHE_FILE
+    path = tmp_path / CACHE_FILE
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 3])  # truncated
     encode = Counting(embedder.encode_documents)
     run = TrainingRun(str(tmp_path))
-    vectors, embedded = run.embed_labels(LABELS, SPACE_A, embedder.dimension, encode, False)
+    vectors, embedded = run.cache.vectors(LABELS, SPACE_A, embedder.dimension, encode, "labels")
     run.abort()
     assert embedded == 3  # embedded again
     np.testing.assert_allclose(vectors, embedder.encode_documents(LABELS), atol=1e-6)
@@ -204,20 +205,20 @@ def test_a_damaged_embedding_cache_is_rebuilt_with_a_warning(tmp_path, embedder,
 
 FRAGMENTED_HEAP = """
 import numpy as np
-from annif_ebm.backend import _libc_malloc_trim, _return_free_heap
+from annif_ebm.memory import libc_malloc_trim, return_free_heap
 
 def rss_mb():
     with open("/proc/self/status") as status:
         return int(status.read().split("VmRSS:")[1].split()[0]) // 1024
 
-if _libc_malloc_trim() is None:
+if libc_malloc_trim() is None:
     print("no-glibc")
     raise SystemExit
 arrays = [np.ones(100_000, dtype=np.uint8) for _ in range(3000)]  # on the heap
 kept = arrays[::50]  # every 50th stays: the freed ones are holes in the heap
 del arrays
 before = rss_mb()
-_return_free_heap()
+return_free_heap()
 print(before, rss_mb())
 """
 

@@ -6,7 +6,8 @@ Texts go in batches of ``api_batch_size``, ``api_concurrency`` requests at a
 time. 429, 5xx, connection errors and timeouts are retried with exponential
 backoff; any other failure, a server that stays down or an answer that is not
 a full set of finite vectors is an :class:`OperationFailedException`, never
-zero or made-up vectors.
+zero or made-up vectors. :class:`ApiEncoder` is the
+:class:`~.embedding.Encoder` built on :class:`ApiClient`.
 """
 
 from __future__ import annotations
@@ -21,11 +22,21 @@ import tenacity
 from annif import logger
 from annif.exception import ConfigurationException, OperationFailedException
 
+from .encoders import EncoderBase
 from .params import EbmParams
 
 BACKOFF_SECONDS = 1.0  # wait before the first retry; doubles for each further one
 MAX_BACKOFF_SECONDS = 30.0
 _BODY_SNIPPET = 300  # characters of an error answer quoted in messages
+
+
+def check_no_static_with_api(params: EbmParams) -> None:
+    """A static model runs in this process: refuse it together with ``api_url``."""
+    if params.api_url and params.static_embedding:
+        raise ConfigurationException(
+            "static_embedding=true cannot be used with api_url: the static model "
+            "runs in this process; use one or the other"
+        )
 
 
 class _Transient(Exception):
@@ -168,6 +179,29 @@ class ApiClient:
         if not (norms > 0).all():
             raise self._error("answered an all-zero vector")
         return (vectors / norms).astype(np.float32)
+
+
+class ApiEncoder(EncoderBase):
+    """Embeds through the server at ``api_url``; the label search runs on
+    this machine's CPU."""
+
+    FIELDS = ("api_url", "api_model", "model", "api_key_env", "api_batch_size",
+              "api_concurrency", "api_timeout", "api_retries", "truncate_dim",
+              "query_prompt", "document_prompt", "query_prompt_name",
+              "document_prompt_name", "static_embedding")
+    search_device = "cpu"
+
+    def __init__(self, params: EbmParams, backoff: float = BACKOFF_SECONDS) -> None:
+        """Asks the server once, for the dimension; ``backoff`` as in ApiClient."""
+        check_no_static_with_api(params)
+        self.client = ApiClient(params, backoff)
+        self._prompts = {"query": params.query_prompt, "document": params.document_prompt}
+        self.source = f"embeddings server {self.client.url} (model '{self.client.model}')"
+        logger.info("embedding through %s", self.source)
+        self.dimension = self._probe_dimension()
+
+    def _embed(self, texts: list[str], role: str) -> np.ndarray:
+        return self.client.encode(texts, self._prompts[role])
 
 
 def _snippet(response: httpx.Response) -> str:

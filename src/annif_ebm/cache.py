@@ -8,9 +8,11 @@ the MD5 of the text. Retraining with the same model embeds no label and no
 chunk it has embedded before.
 
 Lookups are set operations over a whole training run: one anti-join finds the
-texts to embed, one join reads the vectors back. Per-text or per-batch probes
+texts to embed, joins read the vectors back. Per-text or per-batch probes
 would scan the whole table each time (DuckDB has no fast point lookups for
-this), which grows quadratically with the corpus.
+this), which grows quadratically with the corpus. So the cache is attached to
+the training run's own DuckDB connection (a process can open a file only
+once), for as long as the :class:`EmbeddingCache` is open.
 """
 
 from __future__ import annotations
@@ -22,14 +24,22 @@ from collections.abc import Callable
 
 import duckdb
 import numpy as np
+import polars as pl
 import pyarrow as pa
 from annif import logger
+from annif.exception import OperationFailedException
 
+from .model_files import CACHE_FILE, remove
+from .params import EbmParams
 from .progress import progress_bar
 
-CACHE_FILE = "ebm-train-embeddings.duckdb"
 ALIAS = "embeddings"
-ENCODE_BLOCK = 4096  # texts handed to the embedder at once
+ENCODE_BLOCK = 4096  # texts handed to the encoder at once
+# vectors per join of texts with their cached ones: an INSERT holds its new
+# rows in the (capped) pool until it commits, so a join must fit well inside
+JOIN_BYTES = 16 << 20
+
+Encode = Callable[[list[str]], np.ndarray]
 
 
 def space_table(space: dict) -> str:
@@ -38,32 +48,23 @@ def space_table(space: dict) -> str:
     return f"{ALIAS}.vectors_{digest[:16]}"
 
 
-def attach(con: duckdb.DuckDBPyConnection, datadir: str) -> None:
-    """Attach the project's cache file to ``con`` as ``embeddings``. A damaged
-    cache (it is only a cache) is removed with a warning and starts afresh."""
-    path = os.path.join(datadir, CACHE_FILE)
-    try:
-        _attach_and_check(con, path)
-    except duckdb.Error as err:
-        con.execute(f"DETACH DATABASE IF EXISTS {ALIAS}")
-        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        logger.warning("the embedding cache %s is damaged (%s): removing it; every label "
-                       "and chunk is embedded again", path, message)
-        for damaged in (path, path + ".wal"):
-            if os.path.exists(damaged):
-                os.remove(damaged)
-        _attach_and_check(con, path)
+def embedding_space(params: EbmParams, role: str, static_dir: str = "") -> dict:
+    """What a text's vector depends on: the model (each distilled static model
+    is its own), its dimensions and the prompt of the role, ``query``
+    (chunks) or ``document`` (labels); names the embedding cache's table."""
+    return {
+        "role": role,
+        "model": params.model,
+        "static_model": static_dir,
+        "truncate_dim": params.truncate_dim,
+        "prompt": getattr(params, f"{role}_prompt"),
+        "prompt_name": getattr(params, f"{role}_prompt_name"),
+    }
 
 
-def _attach_and_check(con: duckdb.DuckDBPyConnection, path: str) -> None:
-    """Attach ``path`` and read every table's size (pages of a truncated
-    file fail here rather than in the middle of a run)."""
-    quoted = path.replace("'", "''")
-    con.execute(f"ATTACH '{quoted}' AS {ALIAS}")
-    tables = [row[0] for row in con.execute(
-        "SELECT table_name FROM duckdb_tables() WHERE database_name = ?", [ALIAS]).fetchall()]
-    for table in tables:
-        con.execute(f"SELECT count(*), max(key), max(vec[1]) FROM {ALIAS}.{table}").fetchone()
+def join_rows(dimension: int) -> int:
+    """Rows of ``dimension``-float vectors in :data:`JOIN_BYTES`."""
+    return max(1, JOIN_BYTES // (4 * dimension))
 
 
 def vector_array(vectors: np.ndarray) -> pa.FixedSizeListArray:
@@ -72,42 +73,99 @@ def vector_array(vectors: np.ndarray) -> pa.FixedSizeListArray:
     return pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), vectors.shape[1])
 
 
-def fill(
-    con: duckdb.DuckDBPyConnection,
-    texts_query: str,
-    table: str,
-    dimension: int,
-    encode: Callable[[list[str]], np.ndarray],
-    description: str,
-    progress: bool = False,
-) -> int:
-    """Embed the distinct texts of ``texts_query`` (a query with a column
-    ``text``) that ``table`` lacks, and store them; return how many."""
-    con.execute(f"CREATE TABLE IF NOT EXISTS {table} (key UHUGEINT, vec FLOAT[{dimension}])")
-    con.execute(
-        "CREATE OR REPLACE TEMP TABLE cache_missing AS "
-        "SELECT row_number() OVER () - 1 AS i, text FROM ("
-        f"SELECT DISTINCT t.text FROM ({texts_query}) t "
-        f"ANTI JOIN {table} c ON md5_number(t.text) = c.key)"
-    )
-    (missing,) = con.execute("SELECT count(*) FROM cache_missing").fetchone()
-    with progress_bar(missing, description, "text", progress) as bar:
-        for start in range(0, missing, ENCODE_BLOCK):
-            texts = [
-                row[0]
-                for row in con.execute(
+class EmbeddingCache:
+    """The project's cache file, attached to ``con`` as ``embeddings``. A
+    damaged cache (it is only a cache) is removed with a warning and starts
+    afresh."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, datadir: str) -> None:
+        self._con = con
+        self.path = os.path.join(datadir, CACHE_FILE)
+        try:
+            self._attach_and_check()
+        except duckdb.Error as err:
+            con.execute(f"DETACH DATABASE IF EXISTS {ALIAS}")
+            message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            logger.warning("the embedding cache %s is damaged (%s): removing it; every label "
+                           "and chunk is embedded again", self.path, message)
+            remove(self.path, self.path + ".wal")
+            self._attach_and_check()
+
+    def _attach_and_check(self) -> None:
+        """Attach the file and read every table's size (pages of a truncated
+        file fail here rather than in the middle of a run)."""
+        quoted = self.path.replace("'", "''")
+        self._con.execute(f"ATTACH '{quoted}' AS {ALIAS}")
+        tables = [row[0] for row in self._con.execute(
+            "SELECT table_name FROM duckdb_tables() WHERE database_name = ?", [ALIAS]).fetchall()]
+        for table in tables:
+            self._con.execute(f"SELECT count(*), max(key), max(vec[1]) FROM {ALIAS}.{table}")
+
+    def close(self) -> None:
+        """Detach the file (the run goes on without it)."""
+        if self._con is not None:
+            self._con.execute(f"DETACH DATABASE IF EXISTS {ALIAS}")
+            self._con = None
+
+    def fill(self, texts_query: str, space: dict, dimension: int, encode: Encode,
+             description: str, progress: bool = False) -> tuple[str, int]:
+        """Embed the distinct texts of ``texts_query`` (a query of the run
+        with a column ``text``) that the space's table lacks, and store them;
+        return that table (to join with) and how many were embedded."""
+        table = space_table(space)
+        con = self._con
+        con.execute(f"CREATE TABLE IF NOT EXISTS {table} (key UHUGEINT, vec FLOAT[{dimension}])")
+        con.execute(
+            "CREATE OR REPLACE TEMP TABLE cache_missing AS "
+            "SELECT row_number() OVER () - 1 AS i, text FROM ("
+            f"SELECT DISTINCT t.text FROM ({texts_query}) t "
+            f"ANTI JOIN {table} c ON md5_number(t.text) = c.key)"
+        )
+        (missing,) = con.execute("SELECT count(*) FROM cache_missing").fetchone()
+        with progress_bar(missing, description, "text", progress) as bar:
+            for start in range(0, missing, ENCODE_BLOCK):
+                texts = [row[0] for row in con.execute(
                     "SELECT text FROM cache_missing WHERE i >= ? AND i < ? ORDER BY i",
-                    [start, start + ENCODE_BLOCK],
-                ).fetchall()
-            ]
-            vectors = encode(texts)
-            block = pa.table({"text": pa.array(texts, pa.string()),
-                              "vec": vector_array(vectors)})
-            con.register("cache_block", block)
-            con.execute(
-                f"INSERT INTO {table} SELECT md5_number(text), vec FROM cache_block"
+                    [start, start + ENCODE_BLOCK]).fetchall()]
+                block = pa.table({"text": pa.array(texts, pa.string()),
+                                  "vec": vector_array(encode(texts))})
+                con.register("cache_block", block)
+                con.execute(f"INSERT INTO {table} SELECT md5_number(text), vec FROM cache_block")
+                con.unregister("cache_block")
+                bar.update(len(texts))
+        con.execute("DROP TABLE cache_missing")
+        return table, missing
+
+    def vectors(self, texts: list[str], space: dict, dimension: int, encode: Encode,
+                description: str, progress: bool = False) -> tuple[np.ndarray, int]:
+        """Vectors of ``texts`` in order (embedding those not cached yet), and
+        how many had to be embedded."""
+        con = self._con
+        con.execute("CREATE OR REPLACE TEMP TABLE cache_texts (i BIGINT, text VARCHAR)")
+        con.register("new_texts", pl.DataFrame({
+            "i": pl.Series(np.arange(len(texts)), dtype=pl.Int64),
+            "text": pl.Series(texts, dtype=pl.String)}).to_arrow())
+        con.execute("INSERT INTO cache_texts SELECT * FROM new_texts")
+        con.unregister("new_texts")
+        table, embedded = self.fill("SELECT text FROM cache_texts", space, dimension, encode,
+                                    description, progress)
+        vectors = np.zeros((len(texts), dimension), dtype=np.float32)
+        found = 0
+        rows_per_join = join_rows(dimension)
+        for start in range(0, len(texts), rows_per_join):  # bounded joins, nothing to sort
+            arrow = con.execute(
+                f"SELECT t.i, c.vec FROM cache_texts t JOIN {table} c "
+                "ON md5_number(t.text) = c.key WHERE t.i >= ? AND t.i < ?",
+                [start, start + rows_per_join],
+            ).to_arrow_table()
+            rows = arrow.column("i").to_numpy()
+            vectors[rows] = arrow.column("vec").combine_chunks().values.to_numpy().reshape(
+                len(rows), dimension)
+            found += len(rows)
+        con.execute("DROP TABLE cache_texts")
+        if found != len(texts):
+            raise OperationFailedException(
+                f"the embedding cache returned {found} vectors for {len(texts)} texts; "
+                f"delete {self.path} and train again"
             )
-            con.unregister("cache_block")
-            bar.update(len(texts))
-    con.execute("DROP TABLE cache_missing")
-    return missing
+        return vectors, embedded

@@ -8,10 +8,12 @@ is longer than ``max_chunk_length`` characters.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import re
 import textwrap
 
+import numpy as np
 import punkt.data
 from nltk.tokenize.punkt import PunktParameters, PunktSentenceTokenizer
 
@@ -123,3 +125,30 @@ class Chunker:
         if current:
             chunks.append(current)
         return chunks
+
+
+@dataclasses.dataclass(frozen=True)
+class ChunkedTexts:
+    """The chunks of a batch of texts, flat: chunk ``i`` is chunk number
+    ``position[i]`` of text ``doc[i]``; ``n_chunks[d]`` counts text ``d``'s."""
+
+    chunks: list[str]
+    doc: np.ndarray
+    position: np.ndarray
+    n_chunks: np.ndarray
+
+    @classmethod
+    def from_lists(cls, chunk_lists: list[list[str]]) -> ChunkedTexts:
+        n_chunks = np.array([len(chunks) for chunks in chunk_lists], dtype=np.int64)
+        starts = np.cumsum(n_chunks) - n_chunks
+        return cls(
+            chunks=[chunk for chunk_list in chunk_lists for chunk in chunk_list],
+            doc=np.repeat(np.arange(len(chunk_lists), dtype=np.uint32), n_chunks),
+            position=(np.arange(n_chunks.sum()) - np.repeat(starts, n_chunks)).astype(np.uint32),
+            n_chunks=n_chunks,
+        )
+
+
+def chunk_texts(chunker: Chunker, texts: list[str]) -> ChunkedTexts:
+    """The chunks of every text of a batch."""
+    return ChunkedTexts.from_lists([chunker.chunk(text) for text in texts])

@@ -18,8 +18,9 @@ from collections.abc import Iterator
 
 import duckdb
 
+from .model_files import SPILL_PREFIX
+
 MEMORY_LIMIT_MB = 64
-SPILL_PREFIX = "tmp-ebm-spill-"
 
 
 def new_spill_directory(datadir: str) -> str:

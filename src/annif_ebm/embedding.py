@@ -1,23 +1,31 @@
-"""Stage 3: embed texts with a sentence-transformers model.
+"""Stage 3: embed texts. The :class:`Encoder` protocol is what the pipeline
+needs of an embedding model; :class:`SentenceTransformerEncoder` runs a
+sentence-transformers model (or a distilled static one) in this process,
+:class:`~.api_client.ApiEncoder` calls an OpenAI-compatible server.
+:func:`load_encoder` picks one for the parameters and :func:`encoder_key`
+says when two would be equal. Also: device and dtype resolution, and
+:func:`distill_static_model`.
 
 Chunks are embedded as *queries* and vocabulary labels as *documents*, each
 with its own optional prompt (asymmetric models such as E5 need both).
-Embeddings come back L2-normalised as float32 numpy arrays. With ``api_url``
-set the model runs on an OpenAI-compatible server instead (see api_client).
+Embeddings come back L2-normalised as float32 numpy arrays.
 """
 
 from __future__ import annotations
 
 import atexit
+import json
 import os
 import threading
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
 from annif import logger
-from annif.exception import ConfigurationException, OperationFailedException
+from annif.exception import OperationFailedException
 
-from .api_client import ApiClient
+from .api_client import ApiEncoder, check_no_static_with_api
+from .encoders import EncoderBase
 from .params import AUTO_BATCH_SIZE, DEFAULT_MODEL, EbmParams
 
 # transformers would otherwise import TensorFlow where it is installed (Annif's
@@ -83,54 +91,57 @@ def resolve_dtype(dtype: str, devices: list[str]):
     return getattr(torch, dtype)
 
 
-def _check_no_static_with_api(params: EbmParams) -> None:
-    if params.api_url and params.static_embedding:
-        raise ConfigurationException(
-            "static_embedding=true cannot be used with api_url: the static model "
-            "runs in this process; use one or the other"
-        )
+@runtime_checkable
+class Encoder(Protocol):
+    """An embedding model as the pipeline uses it. Both encode methods return
+    L2-normalised float32 arrays of shape (len(texts), dimension), row i for
+    ``texts[i]``; equal texts are embedded once (encoders.EncoderBase)."""
+
+    source: str  # names the encoder in messages
+    dimension: int
+    search_device: str  # torch device the label search should run on
+
+    def encode_queries(self, texts: list[str]) -> np.ndarray:
+        """Embed text chunks."""
+
+    def encode_documents(self, texts: list[str]) -> np.ndarray:
+        """Embed vocabulary labels."""
 
 
-class Embedder:
-    """A loaded sentence-transformers model with the encode settings, or
-    (``api_url`` set) a client of an embeddings server. ``source`` names
-    either for messages."""
+def _prompt(prompt: str, prompt_name: str) -> dict:
+    if prompt:
+        return {"prompt": prompt}
+    if prompt_name:
+        return {"prompt_name": prompt_name}
+    return {}
+
+
+class SentenceTransformerEncoder(EncoderBase):
+    """A sentence-transformers model loaded in this process, on one device or
+    (``device=cuda:0,cuda:1``) on several through worker processes."""
+
+    FIELDS = ("model", "device", "dtype", "batch_size", "torch_threads",
+              "trust_remote_code", "model_kwargs", "truncate_dim", "query_prompt",
+              "query_prompt_name", "document_prompt", "document_prompt_name")
 
     def __init__(self, params: EbmParams, location: str | None = None) -> None:
         """``location``: a saved model to load instead of ``params.model``
         (the project's distilled static model)."""
-        self.params = params
-        self.client: ApiClient | None = None
-        self._lock = threading.Lock()
-        self._pool = None  # (pid, multi-device worker pool)
-        if params.api_url:
-            _check_no_static_with_api(params)
-            self.client = ApiClient(params)
-            self.devices = ["cpu"]  # label search runs here
-            self.batch_size = params.api_batch_size
-            self.source = f"embeddings server {self.client.url} (model '{self.client.model}')"
-            logger.info("embedding through %s", self.source)
-        else:
-            self._load_model(params, location)
-            self.source = f"embedding model '{params.model}'"
-        self.dimension = self.encode_queries(["dimension probe"]).shape[1]
-
-    def _load_model(self, params: EbmParams, location: str | None) -> None:
         import torch
         from sentence_transformers import SentenceTransformer
 
         self.devices = resolve_device(params.device)
+        self.search_device = self.devices[0]
         if params.torch_threads:
             torch.set_num_threads(params.torch_threads)
-        location, local = (location, True) if location else model_location(params.model)
+        path, local = (location, True) if location else model_location(params.model)
         model_kwargs = {_dtype_kwarg(): resolve_dtype(params.dtype, self.devices)}
         model_kwargs.update(params.model_kwargs)
-        logger.info(
-            "loading embedding model %s on %s", params.model, ",".join(self.devices)
-        )
+        name = location or params.model
+        logger.info("loading embedding model %s on %s", name, ",".join(self.devices))
         try:
             self.model = SentenceTransformer(
-                location,
+                path,
                 device=self.devices[0],
                 trust_remote_code=params.trust_remote_code,
                 local_files_only=local,
@@ -139,44 +150,23 @@ class Embedder:
             )
         except (OSError, ValueError) as err:
             raise OperationFailedException(
-                f"cannot load embedding model '{params.model}': {err}"
+                f"cannot load embedding model '{name}': {err}"
             ) from err
         self.batch_size = params.batch_size or AUTO_BATCH_SIZE[
             "cuda" if self.devices[0].startswith("cuda") else "cpu"]
+        self._prompts = {
+            "query": _prompt(params.query_prompt, params.query_prompt_name),
+            "document": _prompt(params.document_prompt, params.document_prompt_name),
+        }
+        self._lock = threading.Lock()
+        self._pool = None  # (pid, multi-device worker pool)
+        self.source = (f"static embedding model distilled from '{params.model}'" if location
+                       else f"embedding model '{params.model}'")
+        self.dimension = self._probe_dimension()
 
-    def _prompt(self, prompt: str, prompt_name: str) -> dict:
-        if prompt:
-            return {"prompt": prompt}
-        if prompt_name:
-            return {"prompt_name": prompt_name}
-        return {}
-
-    def encode_queries(self, texts: list[str], progress: bool = False) -> np.ndarray:
-        """Embed text chunks."""
-        p = self.params
-        return self._encode(texts, self._prompt(p.query_prompt, p.query_prompt_name), progress)
-
-    def encode_documents(self, texts: list[str], progress: bool = False) -> np.ndarray:
-        """Embed vocabulary labels."""
-        p = self.params
-        prompt = self._prompt(p.document_prompt, p.document_prompt_name)
-        return self._encode(texts, prompt, progress)
-
-    def _encode(self, texts: list[str], prompt: dict, progress: bool) -> np.ndarray:
-        if not texts:
-            return np.zeros((0, getattr(self, "dimension", 0)), dtype=np.float32)
-        unique, inverse = np.unique(np.asarray(texts, dtype=object), return_inverse=True)
-        if self.client is not None:
-            vectors = self.client.encode(list(unique), prompt.get("prompt", ""))
-        else:
-            with self._lock:  # torch modules are not safe for concurrent forward passes
-                vectors = self._encode_with_retry(list(unique), prompt, progress)
-        vectors = np.asarray(vectors, dtype=np.float32)
-        if not np.isfinite(vectors).all():
-            raise OperationFailedException(
-                f"embedding model '{self.params.model}' produced NaN or infinite values"
-            )
-        return vectors[inverse.reshape(-1)]
+    def _embed(self, texts: list[str], role: str) -> np.ndarray:
+        with self._lock:  # torch modules are not safe for concurrent forward passes
+            return self._encode_with_retry(texts, self._prompts[role])
 
     def _device_pool(self) -> dict:
         """Worker processes, one per device, started once per process and
@@ -188,7 +178,7 @@ class Embedder:
             self._pool = (os.getpid(), pool)
         return self._pool[1]
 
-    def _encode_with_retry(self, texts: list[str], prompt: dict, progress: bool):
+    def _encode_with_retry(self, texts: list[str], prompt: dict) -> np.ndarray:
         """Encode; on CUDA out-of-memory halve the batch size and try again."""
         import torch
 
@@ -200,7 +190,7 @@ class Embedder:
                     batch_size=self.batch_size,
                     normalize_embeddings=True,
                     convert_to_numpy=True,
-                    show_progress_bar=progress,
+                    show_progress_bar=False,
                     pool=pool,
                     **prompt,
                 )
@@ -214,10 +204,37 @@ class Embedder:
                 )
 
 
+FACTORY_FIELDS = ("api_url",)  # what load_encoder reads to pick the encoder
+
+
+def _encoder_class(params: EbmParams) -> type[EncoderBase]:
+    return ApiEncoder if params.api_url else SentenceTransformerEncoder
+
+
+def load_encoder(params: EbmParams, location: str | None = None) -> Encoder:
+    """The encoder for ``params``: :class:`ApiEncoder` with ``api_url`` set,
+    else :class:`SentenceTransformerEncoder` (``location``: a saved model to
+    load instead of ``params.model``)."""
+    if params.api_url:
+        return ApiEncoder(params)
+    return SentenceTransformerEncoder(params, location)
+
+
+def encoder_key(params: EbmParams, location: str | None = None) -> str:
+    """Equal for two calls of :func:`load_encoder` that build equal encoders:
+    the encoder class, ``location`` and the fields the class reads (FIELDS)."""
+    cls = _encoder_class(params)
+    values = {name: getattr(params, name) for name in FACTORY_FIELDS + cls.FIELDS}
+    return json.dumps({"encoder": cls.__name__, "location": location, "params": values},
+                      sort_keys=True, default=str)
+
+
+
+
 def distill_static_model(params: EbmParams, path: str) -> None:
     """Distill ``params.model`` into a static embedding model saved at ``path``
     (model2vec: one vector per token, averaged; no transformer at run time)."""
-    _check_no_static_with_api(params)
+    check_no_static_with_api(params)
     try:
         from model2vec.distill import distill  # noqa: F401
     except ImportError:

@@ -1,4 +1,5 @@
-"""The files of a trained model and their atomic replacement.
+"""Every file of a project's data directory, and the atomic replacement of
+a trained model.
 
 A model is a label store (``ebm-labels-<id>.duckdb``), a ranker
 (``ebm-ranker-<id>.ubj``), with ``static_embedding`` a distilled embedding
@@ -8,6 +9,13 @@ is replaced in one atomic rename: until that moment the previous model is
 untouched and usable, and a half-written file is never named by it. Names in
 the metadata are bare file names inside the project's datadir, so a copied or
 renamed project directory keeps working.
+
+Beside the model: the embedding cache (:data:`CACHE_FILE`) and the training
+candidates of the last run (:data:`TRAIN_FILE`, for ``annif train --cached``),
+both ``*-train*`` names that Annif ignores when it decides whether a project
+is trained; while a run works, ``tmp-`` names: its training data, DuckDB's
+spill folders (:data:`SPILL_PREFIX`) and XGBoost's page cache
+(:data:`XGB_CACHE_PREFIX`).
 """
 
 from __future__ import annotations
@@ -26,6 +34,10 @@ from annif.exception import NotInitializedException, OperationFailedException
 from . import __version__
 
 METADATA_FILE = "ebm-model.json"
+CACHE_FILE = "ebm-train-embeddings.duckdb"
+TRAIN_FILE = "ebm-train.duckdb"
+SPILL_PREFIX = "tmp-ebm-spill-"
+XGB_CACHE_PREFIX = "tmp-xgb-"
 FORMAT_VERSION = 1
 _MANAGED_PATTERNS = ("ebm-labels-*.duckdb", "ebm-labels-*.duckdb.wal", "ebm-ranker-*.ubj",
                      "ebm-static-*")
@@ -38,6 +50,24 @@ def _now() -> datetime.datetime:
 def new_file_name(kind: str, suffix: str) -> str:
     stamp = _now().strftime("%Y%m%dT%H%M%S")
     return f"ebm-{kind}-{stamp}-{uuid.uuid4().hex[:8]}.{suffix}"
+
+
+@dataclasses.dataclass(frozen=True)
+class RunFiles:
+    """The names of the new model files of one training run."""
+
+    store_file: str
+    ranker_file: str
+    static_model_dir: str = ""
+
+    @classmethod
+    def new(cls, static_embedding: bool = False) -> RunFiles:
+        return cls(new_file_name("labels", "duckdb"), new_file_name("ranker", "ubj"),
+                   new_file_name("static", "model") if static_embedding else "")
+
+    def discard(self, datadir: str) -> None:
+        """Remove whatever of them the run wrote (it did not commit)."""
+        discard(datadir, self.store_file, self.ranker_file, self.static_model_dir)
 
 
 def tmp_name(name: str) -> str:
@@ -128,14 +158,16 @@ def commit(datadir: str, metadata: ModelMetadata) -> None:
         for path in glob.glob(os.path.join(datadir, pattern)):
             name = os.path.basename(path)
             if name not in keep and name.removesuffix(".wal") not in keep:
-                _remove(path)
+                remove(path)
 
 
-def _remove(path: str) -> None:
-    if os.path.isdir(path):
-        shutil.rmtree(path, ignore_errors=True)
-    elif os.path.exists(path):
-        os.remove(path)
+def remove(*paths: str) -> None:
+    """Remove files or folders; a missing one is no error."""
+    for path in paths:
+        if os.path.isdir(path):
+            shutil.rmtree(path, ignore_errors=True)
+        elif os.path.exists(path):
+            os.remove(path)
 
 
 def _write_json(data: dict, path: str) -> None:
@@ -157,13 +189,13 @@ def remove_leftovers(datadir: str, named: set[str] | None) -> list[str]:
     folders of this backend, and, unless ``named`` is None (not known), model
     files that are not in ``named`` (those of the model and of the cached
     training data); return their names."""
-    patterns = ["tmp-ebm-*", "tmp-xgb-*"] + (list(_MANAGED_PATTERNS) if named is not None else [])
+    patterns = ["tmp-ebm-*", f"{XGB_CACHE_PREFIX}*"] + (list(_MANAGED_PATTERNS) if named is not None else [])
     names = set()
     for pattern in patterns:
         for path in glob.glob(os.path.join(datadir, pattern)):
             name = os.path.basename(path)
             if pattern.startswith("tmp-") or name.removesuffix(".wal") not in named:
-                _remove(path)
+                remove(path)
                 names.add(name)
     return sorted(names)
 
@@ -172,5 +204,5 @@ def discard(datadir: str, *names: str) -> None:
     """Remove files of a training run that did not commit."""
     for name in filter(None, names):  # "" names no file
         for candidate in (name, tmp_name(name)):
-            for path in (os.path.join(datadir, candidate), os.path.join(datadir, candidate) + ".wal"):
-                _remove(path)
+            path = os.path.join(datadir, candidate)
+            remove(path, path + ".wal")

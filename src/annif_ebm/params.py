@@ -342,17 +342,21 @@ class EbmParams:
         "with exponential backoff; then a clear error",
     )
 
+    # the names of the parameters given explicitly (not defaults), as parsed
+    explicit: frozenset = dataclasses.field(default=frozenset(), repr=False)
+
     @classmethod
     def specs(cls, kind: Kind | None = None) -> list[dataclasses.Field]:
         """The parameter fields, optionally of one kind only."""
         return [
-            f for f in dataclasses.fields(cls) if kind is None or f.metadata["kind"] is kind
+            f for f in dataclasses.fields(cls)
+            if "kind" in f.metadata and (kind is None or f.metadata["kind"] is kind)
         ]
 
     @classmethod
-    def parse(cls, raw: Mapping[str, Any], jobs: int = 0) -> tuple[EbmParams, set]:
-        """Parse Annif's parameter dict; return the params and the set of
-        parameter names given explicitly. ``jobs`` (Annif's ``--jobs``) fills
+    def parse(cls, raw: Mapping[str, Any], jobs: int = 0) -> EbmParams:
+        """Parse Annif's parameter dict, remembering which parameters it gives
+        (:attr:`explicit`). ``jobs`` (Annif's ``--jobs``) fills
         thread counts left at 0."""
         known = {f.name: f for f in cls.specs()}
         values, explicit = {}, set()
@@ -374,7 +378,7 @@ class EbmParams:
         if jobs and jobs > 0:
             for name in ("torch_threads", "duckdb_threads", "xgb_jobs"):
                 values.setdefault(name, jobs)
-        return cls(**values), explicit
+        return cls(**values, explicit=frozenset(explicit))
 
     def of_kind(self, kind: Kind) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in self.specs(kind)}
@@ -396,17 +400,28 @@ class EbmParams:
                          if code.strip())
         return MODEL_LANGUAGES.get(self.model, ())
 
+    def language_warning(self, language: str) -> str:
+        """A warning when a project in ``language`` uses a model not made for
+        it; empty when it is, or when the model's languages are not known."""
+        languages = self.languages()
+        if not languages or language.lower().split("-")[0] in languages:
+            return ""
+        return (f"the project's language '{language}' is not one the embedding model "
+                f"{self.model} was made for ({', '.join(languages)}): expect poor "
+                "suggestions; use a model for this language (docs/models.md), or set "
+                "model_languages if the model does cover it")
+
     def model_settings(self) -> dict[str, Any]:
         """The model-defining settings, as stored in the model metadata."""
         return self.of_kind(Kind.MODEL)
 
-    def with_stored_model(self, stored: Mapping[str, Any], explicit: set) -> EbmParams:
+    def with_stored_model(self, stored: Mapping[str, Any], check: bool = True) -> EbmParams:
         """Take model-defining settings from the trained model's metadata.
 
         A setting given explicitly with a different value is an error naming
         both values; settings not given are taken from the stored model."""
         for name, stored_value in stored.items():
-            if name in explicit and getattr(self, name) != stored_value:
+            if check and name in self.explicit and getattr(self, name) != stored_value:
                 defines = ("the ranker's features" if name in FEATURE_SETTINGS
                            else "the stored vectors")
                 raise ConfigurationException(

@@ -20,6 +20,7 @@ import xgboost as xgb
 from annif.exception import OperationFailedException
 
 from .features import FEATURE_NAMES
+from .model_files import XGB_CACHE_PREFIX
 from .params import EbmParams
 from .progress import progress_bar
 
@@ -59,7 +60,7 @@ class Ranker:
                 "documents, so the ranker has nothing to learn from; check that the "
                 "training corpus uses this vocabulary and language"
             )
-        cache_dir = tempfile.mkdtemp(prefix="tmp-xgb-", dir=workdir)
+        cache_dir = tempfile.mkdtemp(prefix=XGB_CACHE_PREFIX, dir=workdir)
         try:
             with progress_bar(n_batches, "ranker data", "batch") as bar:
                 data = xgb.ExtMemQuantileDMatrix(

@@ -1,5 +1,5 @@
 """Exact top-k of similarity products in bounded blocks: shared by the label
-search (:mod:`annif_ebm.store`) and the kNN search (:mod:`annif_ebm.knn`).
+search (:mod:`annif_ebm.search`) and the kNN search (:mod:`annif_ebm.knn`).
 
 The rows of the searched matrix are taken a block at a time and each block's
 top-k is merged into a running one, so the score buffer has a fixed size

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import duckdb
 import numpy as np
@@ -22,19 +22,16 @@ import polars as pl
 
 from annif.exception import NotInitializedException, OperationFailedException
 
-from . import cache, duckdb_pool
+from . import duckdb_pool
+from .cache import EmbeddingCache, Encode, join_rows
 from .features import FEATURE_NAMES
-from .model_files import tmp_name
+from .model_files import TRAIN_FILE, remove, tmp_name
 
-TRAIN_FILE = "ebm-train.duckdb"
 # The run and the reads of its candidates use DuckDB's buffer pool of
-# duckdb_pool.MEMORY_LIMIT: it spills joins, sorts and large results to the
+# duckdb_pool.MEMORY_LIMIT_MB: it spills joins, sorts and large results to the
 # run's spill folder beyond that, and otherwise keeps the pages it wrote or
 # read cached up to it, so it bounds how much memory the run's tables take
 # however large the corpus.
-# vectors per join of texts with their cached ones: an INSERT holds its new
-# rows in the pool until it commits, so a join must fit well inside the limit
-JOIN_BYTES = 16 << 20
 # candidate rows per batch the ranker reads (about 12 MB of features): whole
 # documents, so a batch of long documents is no larger than one of short ones
 RANKER_BATCH_ROWS = 100_000
@@ -43,27 +40,20 @@ _METADATA_TABLE = "model_metadata"
 _CANDIDATE_COLUMNS = ", ".join(f"{name} FLOAT" for name in FEATURE_NAMES)
 
 
-def _join_rows(dimension: int) -> int:
-    """Rows of ``dimension``-float vectors in :data:`JOIN_BYTES`."""
-    return max(1, JOIN_BYTES // (4 * dimension))
-
-
-def _remove(*paths: str) -> None:
-    for path in paths:
-        if os.path.exists(path):
-            os.remove(path)
-
-
 class TrainingRun:
-    """The on-disk state of one training run."""
+    """The on-disk state of one training run, in two phases: documents are
+    added (their chunks and gold subjects) while :attr:`cache` is open, the
+    embedding cache that also gives the labels' vectors; :meth:`embed_chunks`
+    closes it, and from then on the run hands out chunk vectors
+    (:meth:`chunk_batches`) and takes candidates."""
 
     def __init__(self, datadir: str, threads: int = 0) -> None:
         self.datadir = datadir
         self._path = os.path.join(datadir, tmp_name(TRAIN_FILE))
-        _remove(self._path, self._path + ".wal")
+        remove(self._path, self._path + ".wal")
         self.spill_dir = duckdb_pool.new_spill_directory(datadir)
         self._con = duckdb_pool.connect(self._path, self.spill_dir, threads=threads)
-        cache.attach(self._con, datadir)
+        self.cache = EmbeddingCache(self._con, datadir)
         self._con.execute("CREATE TABLE chunks (doc BIGINT, pos INTEGER, text VARCHAR)")
         self._con.execute("CREATE TABLE gold (doc BIGINT, concept_id INTEGER)")
         self._con.execute(
@@ -72,6 +62,7 @@ class TrainingRun:
         )
         self.n_docs = 0
         self.n_rows = 0
+        self._dimension = None  # of the chunk vectors, once embedded
 
     # ---- documents ----
 
@@ -100,45 +91,15 @@ class TrainingRun:
 
     # ---- embedding through the cache ----
 
-    def embed_labels(self, texts: list[str], table: str, dimension: int,
-                     encode: Callable[[list[str]], np.ndarray], progress: bool) -> tuple[np.ndarray, int]:
-        """Vectors of ``texts`` in order, and how many had to be embedded."""
-        frame = pl.DataFrame({"i": pl.Series(np.arange(len(texts)), dtype=pl.Int64),
-                              "text": pl.Series(texts, dtype=pl.String)})
-        self._con.execute("CREATE OR REPLACE TEMP TABLE label_texts (i BIGINT, text VARCHAR)")
-        self._insert("label_texts", frame)
-        embedded = cache.fill(self._con, "SELECT text FROM label_texts", table, dimension,
-                              encode, "labels", progress)
-        vectors = np.zeros((len(texts), dimension), dtype=np.float32)
-        found = 0
-        rows_per_join = _join_rows(dimension)
-        for start in range(0, len(texts), rows_per_join):  # bounded joins, nothing to sort
-            arrow = self._con.execute(
-                f"SELECT l.i, c.vec FROM label_texts l JOIN {table} c "
-                "ON md5_number(l.text) = c.key WHERE l.i >= ? AND l.i < ?",
-                [start, start + rows_per_join],
-            ).to_arrow_table()
-            rows = arrow.column("i").to_numpy()
-            vectors[rows] = arrow.column("vec").combine_chunks().values.to_numpy().reshape(
-                len(rows), dimension)
-            found += len(rows)
-        self._con.execute("DROP TABLE label_texts")
-        if found != len(texts):
-            raise OperationFailedException(
-                f"the embedding cache returned {found} vectors for {len(texts)} labels; "
-                f"delete {cache.CACHE_FILE} in the project's data directory and train again"
-            )
-        return vectors, embedded
-
-    def embed_chunks(self, table: str, dimension: int,
-                     encode: Callable[[list[str]], np.ndarray], progress: bool) -> int:
-        """Embed the chunks not in the cache yet; return how many."""
-        self._dimension = dimension
-        embedded = cache.fill(self._con, "SELECT text FROM chunks", table, dimension,
-                              encode, "train chunks", progress)
+    def embed_chunks(self, space: dict, dimension: int, encode: Encode,
+                     progress: bool = False) -> int:
+        """Embed the chunks not in the cache yet, take every chunk's vector
+        into the run and close the cache; return how many were embedded."""
+        table, embedded = self.cache.fill("SELECT text FROM chunks", space, dimension, encode,
+                                          "train chunks", progress)
         self._con.execute(f"CREATE TABLE chunk_vectors (doc BIGINT, pos INTEGER, vec FLOAT[{dimension}])")
         (n_chunks,) = self._con.execute("SELECT count(*) FROM chunks").fetchone()
-        docs_per_join = max(1, _join_rows(dimension) * self.n_docs // max(n_chunks, 1))
+        docs_per_join = max(1, join_rows(dimension) * self.n_docs // max(n_chunks, 1))
         for first in range(0, self.n_docs, docs_per_join):
             # a range of documents at a time: the join builds on that range's
             # chunks and streams the cache; unsorted (chunk_batches sorts each
@@ -152,14 +113,17 @@ class TrainingRun:
         # the rest reads chunk_vectors and gold by ranges: the texts and the
         # cache are done with
         self._con.execute("DROP TABLE chunks")
-        self._con.execute(f"DETACH DATABASE IF EXISTS {cache.ALIAS}")
+        self.cache.close()
         self._con.execute("CHECKPOINT")
+        self._dimension = dimension
         return embedded
 
     def chunk_batches(self, docs_per_batch: int, n_docs: int) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
         """(first document, doc offsets, positions, n_chunks, vectors) per
         range of ``docs_per_batch`` of the first ``n_docs`` documents; docs
         are relative to the first."""
+        if self._dimension is None:
+            raise RuntimeError("chunk vectors are there only after embed_chunks")
         for first in range(0, min(n_docs, self.n_docs), docs_per_batch):
             last = min(first + docs_per_batch, n_docs, self.n_docs)
             arrow = self._con.execute(
@@ -204,12 +168,12 @@ class TrainingRun:
         self._con.execute(f"CREATE TABLE {_METADATA_TABLE} (json VARCHAR)")
         self._con.execute(f"INSERT INTO {_METADATA_TABLE} VALUES (?)", [json.dumps(metadata)])
         self._con.execute("CHECKPOINT")
-        self._con.execute(f"DETACH DATABASE IF EXISTS {cache.ALIAS}")
         self._close()
         return self._path
 
     def _close(self) -> None:
         if self._con is not None:
+            self.cache.close()
             self._con.close()
             self._con = None
         duckdb_pool.remove_spill_directory(self.spill_dir)
@@ -221,7 +185,7 @@ class TrainingRun:
 
     def abort(self) -> None:
         self._close()
-        _remove(self._path, self._path + ".wal")
+        remove(self._path, self._path + ".wal")
 
 
 def cached_training_data(datadir: str) -> str:
@@ -263,16 +227,14 @@ def _document_ranges(con: duckdb.DuckDBPyConnection, max_rows: int) -> list[tupl
     return ranges
 
 
-def candidate_batches(path: str, backend_id: str, workdir: str,
+def candidate_batches(path: str, workdir: str,
                       cached: bool = False) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(features, gold flags) of the training candidates in the file ``path``,
     whole documents of at most :data:`RANKER_BATCH_ROWS` rows at a time; a
     fresh iterator each call. ``cached``: the file is an earlier run's."""
     if not os.path.exists(path):
         raise NotInitializedException(
-            f"cached training data {path} not found; train without --cached first",
-            backend_id=backend_id,
-        )
+            f"cached training data {path} not found; train without --cached first")
     try:
         with duckdb_pool.spill_directory(workdir) as spill_dir, \
                 duckdb_pool.connect(path, spill_dir, read_only=True) as con:

@@ -1,0 +1,78 @@
+"""Stages 4-5: embedded chunks -> candidate concepts with their features.
+
+A :class:`Matcher` holds no embedder and fetches nothing: the label store,
+the label search and the training documents (kNN and priors) are handed to
+it. Suggesting is chunk -> encode -> match; training is chunk -> encode
+through the embedding cache -> match, with each training document left out
+of its own kNN neighbours and prior.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+
+from .features import (candidate_features, finish_features, hierarchy_features,
+                       hits_frame, merge_candidates)
+from .knn import TrainingDocuments, pool_documents
+from .params import EbmParams
+from .search import LabelSearch
+from .store import LabelStore
+from .timing import StageTimer
+
+
+class Matcher:
+    def __init__(self, store: LabelStore, search: LabelSearch, params: EbmParams,
+                 training: TrainingDocuments | None, timer: StageTimer) -> None:
+        """``training``: the stored training documents, or None (then no kNN
+        and prior features)."""
+        self.store = store
+        self.search = search
+        self.params = params
+        self.disabled = params.disabled_feature_families()
+        self.training = training
+        self.timer = timer
+
+    def match(self, doc: np.ndarray, position: np.ndarray, n_chunks: np.ndarray,
+              vectors: np.ndarray, own_docs: np.ndarray | None = None) -> pl.DataFrame:
+        """Candidates with all features for embedded chunks (chunk ``i`` is
+        chunk ``position[i]`` of document ``doc[i]``, see
+        :class:`~annif_ebm.chunking.ChunkedTexts`). ``own_docs``: while making
+        the ranker's training data, each document's index among the training
+        documents, left out of its own kNN neighbours and prior."""
+        p, disabled, training = self.params, self.disabled, self.training
+        candidates = self._label_matches(doc, position, n_chunks, vectors)
+        if training is not None and "knn" not in disabled:
+            with self.timer.stage("knn"):
+                pooled = pool_documents(doc, vectors, len(n_chunks))
+                knn = training.candidates(pooled, p.knn_neighbors, p.knn_candidates, own_docs)
+                candidates = merge_candidates(candidates, knn, n_chunks)
+        with self.timer.stage("features"):
+            if training is not None and "prior" not in disabled:
+                own = None if own_docs is None else own_docs[candidates["doc"].to_numpy()]
+                prior = training.prior(candidates["concept_id"].to_numpy(), own)
+                candidates = candidates.with_columns(prior=pl.Series(prior, dtype=pl.Float32))
+            if len(self.store.relations) and "hierarchy" not in disabled:
+                candidates = hierarchy_features(candidates, self.store.relations.frame())
+            return finish_features(candidates, disabled)
+
+    def _label_matches(self, doc: np.ndarray, position: np.ndarray,
+                       n_chunks: np.ndarray, vectors: np.ndarray) -> pl.DataFrame:
+        """Candidates from the nearest labels of each chunk."""
+        store = self.store
+        with self.timer.stage("search"):
+            query, label, score = self.search.search(vectors, self.params.candidates_per_chunk)
+            rank = np.arange(len(query)) - np.searchsorted(query, query)
+        with self.timer.stage("features"):
+            hits = hits_frame(
+                doc=doc[query],
+                chunk=position[query].astype(np.uint32),
+                label_id=label,
+                concept_id=store.concept_ids[label],
+                is_pref=store.is_pref[label],
+                label_tokens=store.label_tokens[label],
+                concept_labels=store.concept_labels[label],
+                score=score,
+                rank=rank.astype(np.uint16),
+            )
+            return candidate_features(hits, n_chunks, self.params.candidates_per_doc)

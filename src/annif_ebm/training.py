@@ -1,0 +1,288 @@
+"""Training: the phases of one run, each a function whose objects die when it
+returns, so that no phase adds to the memory peak of the next.
+
+sample (the ranker's documents) -> chunk (documents into the run's file) ->
+embed (labels, then chunks, through the embedding cache; the encoder lives
+only in this phase; writes the label store) -> match (pools the training
+documents for kNN and priors into the store, then the sample's candidates
+with their features, labelled with the gold subjects) -> fit (the ranker,
+from the candidates on disk) -> commit. Every file is written under a new or
+``tmp-`` name; :func:`model_files.commit` makes the new model the project's
+in one rename, so a failed run leaves the previous model in use.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import os
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING
+
+import numpy as np
+from annif.exception import (NotInitializedException, NotSupportedException,
+                             OperationFailedException)
+
+from . import cache, model_files
+from .chunking import Chunker, chunk_texts
+from .embedding import distill_static_model, load_encoder
+from .features import FEATURE_NAMES
+from .knn import VECTOR_DTYPE, TrainingDocuments, pool_documents
+from .labels import LabelSet, vocabulary_labels, vocabulary_relations
+from .matcher import Matcher
+from .memory import release_memory, return_free_heap
+from .params import EbmParams, Kind
+from .progress import progress_bar
+from .fit import fit_and_commit
+from .ranker import NothingToLearnError
+from .sampling import Sample, choose_documents
+from .search import label_search
+from .store import LabelStore, write_store, write_training_documents
+from .timing import StageTimer
+from .training_data import TrainingRun, cached_training_data, stored_metadata
+
+if TYPE_CHECKING:
+    from annif.corpus import Document, DocumentCorpus
+    from annif.project import AnnifProject
+
+TRAIN_BATCH_DOCS = 256
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """Where a run trains: the Annif project, the backend's data directory,
+    and the backend's logging (messages start with its id)."""
+
+    project: AnnifProject
+    datadir: str
+    backend_id: str
+    info: Callable[[str], None]
+    warning: Callable[[str], None]
+
+
+def _documents(corpus: DocumentCorpus) -> Iterator[Document]:
+    """The corpus' documents; a file that is not UTF-8 is a clear error (Annif
+    reads corpora strictly as UTF-8)."""
+    try:
+        yield from corpus.documents
+    except UnicodeDecodeError as err:
+        raise OperationFailedException(
+            f"the training corpus is not valid UTF-8 ({err}); clean it, e.g. with "
+            "'iconv -f utf-8 -t utf-8 -c'"
+        ) from None
+
+
+def _batched(iterable: Iterable, size: int) -> Iterator[list]:
+    iterator = iter(iterable)
+    while batch := list(itertools.islice(iterator, size)):
+        yield batch
+
+
+def remove_leftovers(target: Target) -> None:
+    """Remove what earlier runs left: temporary files, and model files that
+    neither the model nor the training data (``--cached``) names."""
+    named = None
+    try:
+        metadata = model_files.load_metadata(target.datadir, target.backend_id)
+        named = {metadata.store_file, metadata.ranker_file, metadata.static_model_dir}
+    except NotInitializedException:
+        named = set()  # never trained
+    except OperationFailedException:
+        pass  # unreadable metadata: keep the files it may name
+    pending = stored_metadata(cached_training_data(target.datadir))
+    if named is not None and pending:
+        named |= {pending.get("store_file"), pending.get("static_model_dir")}
+    leftovers = model_files.remove_leftovers(target.datadir, named)
+    if leftovers:
+        target.warning(f"removed files of an interrupted training run: {', '.join(leftovers)}")
+
+
+def train(target: Target, corpus: DocumentCorpus, p: EbmParams) -> None:
+    """A full run: embed, collect candidates, fit the ranker, commit."""
+    if next(_documents(corpus), None) is None:
+        raise NotSupportedException(f"training backend {target.backend_id} with no documents")
+    if warning := p.language_warning(target.project.language):
+        target.warning(warning)
+    labels = _labels(target, p)
+    sample = _sample(target, corpus, p)
+    files = model_files.RunFiles.new(p.static_embedding)
+    timer = StageTimer()
+    run, kept = None, False
+    try:
+        location = _static_model(target, p, files)
+        run = TrainingRun(target.datadir, p.duckdb_threads)
+        _chunk(corpus, sample, run, target.project.language, p, timer)
+        dimension, search_device = _embed(target, labels, run, p, files, location, timer)
+        release_memory()  # the encoder
+        _match(target, run, sample, p, files, search_device, timer)
+        metadata = model_files.ModelMetadata(
+            store_file=files.store_file,
+            ranker_file=files.ranker_file,
+            model=p.model_settings(),
+            dimension=dimension,
+            feature_names=list(FEATURE_NAMES),
+            train_params=p.of_kind(Kind.TRAIN),
+            n_labels=len(labels),
+            n_train_docs=sample.n_selected,
+            static_model_dir=files.static_model_dir,
+        )
+        # the candidates' model, without a ranker yet (for train --cached)
+        train_path = run.finish(dataclasses.asdict(metadata.replace(ranker_file="")))
+        try:
+            fit_and_commit(target, metadata, p, train_path, run.publish)
+        except NothingToLearnError:  # the candidates are of no use: as any failure
+            raise
+        except Exception as err:
+            # the expensive part is done: keep the candidates and the label
+            # store they were collected with, for train --cached
+            model_files.discard(target.datadir, files.ranker_file)
+            run.publish()
+            kept = True
+            raise OperationFailedException(
+                f"training the ranker failed: {err}. The {run.n_rows} candidates collected "
+                f"from {sample.n_selected} documents are kept: once the cause is fixed, "
+                f"'annif train {target.project.project_id} --cached' trains the ranker "
+                "from them without embedding anything again; the previous model, if any, "
+                "is still in use"
+            ) from err
+    except BaseException:
+        if not kept:
+            if run is not None:
+                run.abort()
+            files.discard(target.datadir)
+        raise
+
+
+def _labels(target: Target, p: EbmParams) -> LabelSet:
+    project = target.project
+    labels = vocabulary_labels(project.vocab.skos.graph, project.subjects,
+                               project.vocab_lang, p.use_altlabels)
+    if len(labels) == 0:
+        raise NotSupportedException(
+            f"vocabulary '{project.vocab.vocab_id}' has no usable labels in "
+            f"language '{project.vocab_lang}'"
+        )
+    return labels
+
+
+def _sample(target: Target, corpus: DocumentCorpus, p: EbmParams) -> Sample:
+    """The ranker's sample; documents without text are skipped (counted)."""
+    chunker = Chunker(target.project.language, p.max_chunk_length, p.max_chunks)
+    without_text = 0
+
+    def subject_sets():
+        nonlocal without_text
+        for doc in _documents(corpus):
+            if chunker.has_content(doc.text):
+                yield doc.subject_set
+            else:
+                without_text += bool(doc.subject_set)
+                yield ()
+
+    sample = choose_documents(subject_sets(), p.max_train_docs)
+    sample = dataclasses.replace(sample, n_without_text=without_text)
+    target.info(sample.describe())
+    if sample.n_selected == 0:
+        if without_text:
+            raise NotSupportedException(
+                f"training backend {target.backend_id}: no document has both text and "
+                f"subjects ({without_text} have subjects but an empty text)"
+            )
+        raise NotSupportedException(
+            f"training backend {target.backend_id}: no document has subjects of "
+            f"vocabulary '{target.project.vocab.vocab_id}' (of {sample.n_documents} "
+            "documents, none names a subject URI that the vocabulary has)"
+        )
+    return sample
+
+
+def _static_model(target: Target, p: EbmParams, files: model_files.RunFiles) -> str | None:
+    """With static_embedding: distil the model into the run's folder; its path."""
+    if not files.static_model_dir:
+        return None
+    name = files.static_model_dir
+    distill_static_model(p, os.path.join(target.datadir, model_files.tmp_name(name)))
+    return model_files.publish(target.datadir, name)
+
+
+def _chunk(corpus: DocumentCorpus, sample: Sample, run: TrainingRun, language: str,
+           p: EbmParams, timer: StageTimer) -> None:
+    """Chunk the sampled documents (then, for kNN, further ones) into the run."""
+    chunker = Chunker(language, p.max_chunk_length, p.max_chunks)
+    passes = [("chunk train documents", sample.selected)]
+    if "knn" not in p.disabled_feature_families():
+        passes.append(("chunk kNN documents", sample.others(p.knn_docs)))
+    for description, chosen in passes:
+        documents = (doc for doc, keep in zip(_documents(corpus), chosen) if keep)
+        with progress_bar(int(chosen.sum()), description, "doc") as bar:
+            for batch in _batched(documents, TRAIN_BATCH_DOCS):
+                with timer.stage("chunk"):
+                    chunked = chunk_texts(chunker, [doc.text for doc in batch])
+                run.add_documents(chunked.doc, chunked.position, chunked.chunks,
+                                  [list(doc.subject_set) for doc in batch])
+                bar.update(len(batch))
+
+
+def _embed(target: Target, labels: LabelSet, run: TrainingRun, p: EbmParams,
+           files: model_files.RunFiles, location: str | None,
+           timer: StageTimer) -> tuple[int, str]:
+    """Embed the labels (written to the label store) and the run's chunks,
+    through the cache; return the dimension and where the label search runs."""
+    encoder = load_encoder(p, location)
+    static_dir = files.static_model_dir
+    vectors, embedded = run.cache.vectors(
+        labels.texts, cache.embedding_space(p, "document", static_dir), encoder.dimension,
+        encoder.encode_documents, "labels", True)
+    target.info(f"{len(labels)} labels: embedded {embedded} with {p.model}, "
+                f"{len(labels) - embedded} from the embedding cache")
+    project = target.project
+    write_store(
+        os.path.join(target.datadir, model_files.tmp_name(files.store_file)),
+        labels, vectors, p.model,
+        relations=vocabulary_relations(project.vocab.skos.graph, project.subjects),
+        hnsw=p.hnsw, hnsw_m=p.hnsw_m, hnsw_ef_construction=p.hnsw_ef_construction,
+        threads=p.duckdb_threads,
+    )
+    model_files.publish(target.datadir, files.store_file)
+    del vectors
+    with timer.stage("embed"):
+        embedded = run.embed_chunks(cache.embedding_space(p, "query", static_dir),
+                                    encoder.dimension, encoder.encode_queries, True)
+    target.info(f"embedded {embedded} new chunks (the rest from the embedding cache)")
+    return encoder.dimension, encoder.search_device
+
+
+def _match(target: Target, run: TrainingRun, sample: Sample, p: EbmParams,
+           files: model_files.RunFiles, search_device: str, timer: StageTimer) -> None:
+    """Store the training documents for kNN and priors, then the sample's
+    candidates (the sample's documents come first in the run)."""
+    store_path = os.path.join(target.datadir, files.store_file)
+    training = None
+    if not {"knn", "prior"} <= set(p.disabled_feature_families()):
+        training = _training_documents(run)
+        write_training_documents(store_path, training, p.duckdb_threads)
+        target.info(f"stored {run.n_docs} training documents for kNN and priors")
+    store = LabelStore(store_path, p.duckdb_threads)
+    search = label_search(store, p.search, search_device, p.search_precision, p.ef_search)
+    matcher = Matcher(store, search, p, training, timer)
+    with progress_bar(sample.n_selected, "train candidates", "doc") as bar:
+        for first, doc, position, n_chunks, vectors in run.chunk_batches(
+                TRAIN_BATCH_DOCS, sample.n_selected):
+            own_docs = np.arange(first, first + len(n_chunks))
+            candidates = matcher.match(doc, position, n_chunks, vectors, own_docs)
+            run.add_candidates(first, first + len(n_chunks), candidates)
+            del candidates, vectors
+            return_free_heap()
+            bar.update(len(n_chunks))
+    target.info(f"collected {run.n_rows} candidates from {sample.n_selected} documents; "
+                f"stage seconds: {timer.rounded()}")
+
+
+def _training_documents(run: TrainingRun) -> TrainingDocuments:
+    """The run's documents as pooled chunk vectors with their gold subjects."""
+    vectors = None
+    for first, doc, _, n_chunks, chunk_vectors in run.chunk_batches(TRAIN_BATCH_DOCS, run.n_docs):
+        if vectors is None:
+            vectors = np.zeros((run.n_docs, chunk_vectors.shape[1]), dtype=VECTOR_DTYPE)
+        vectors[first : first + len(n_chunks)] = pool_documents(doc, chunk_vectors, len(n_chunks))
+    return TrainingDocuments.from_pairs(vectors, *run.gold_pairs())

@@ -1,0 +1,46 @@
+"""A project trained by the code before the modules were reorganised (issue
+17) loads and suggests identically with today's code: the old sources are
+taken from git and put first on PYTHONPATH for training."""
+
+import io
+import os
+import subprocess
+import sys
+import tarfile
+
+from .conftest import EBM_PROJECT, ROOT, AnnifEnv, parse_metrics
+
+# the last commit before the reorganisation (same file formats, other modules)
+PREVIOUS = "a934c61829416174b34dd32963a5653601f4abff"
+TEXTS = [
+    "Unemployment, wages and the labour market in the European Union.",
+    "Training deep neural networks for image recognition. Convolutional layers.",
+]
+
+
+def previous_sources(target) -> str:
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", PREVIOUS, "src"],
+                             capture_output=True, check=True).stdout
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(target, filter="data")
+    return str(target / "src")
+
+
+def test_a_project_trained_before_the_reorganisation_suggests_identically(
+        tmp_path, sample_corpus):
+    old = {"PYTHONPATH": previous_sources(tmp_path / "previous")}
+    imported = subprocess.run(
+        [sys.executable, "-c", "import annif_ebm.backend as b; print(b.__file__)"],
+        env={**os.environ, **old}, capture_output=True, text=True, check=True).stdout
+    assert imported.startswith(old["PYTHONPATH"])  # the old code is the one that trains
+    env = AnnifEnv(tmp_path / "env", EBM_PROJECT)
+    env.run("load-vocab", "--language", "en", "gnd", str(sample_corpus["vocab"]))
+    env.run("train", "ebm-en", str(sample_corpus["train"]), extra_env=old)
+    for text in TEXTS:
+        before = env.run("suggest", "ebm-en", stdin=text, extra_env=old).stdout
+        after = env.run("suggest", "ebm-en", stdin=text).stdout
+        assert before.strip() and after == before
+    metrics = [parse_metrics(env.run("eval", "ebm-en", str(sample_corpus["test"]),
+                                     extra_env=extra).stdout)
+               for extra in (old, None)]
+    assert metrics[0]["F1@5"] > 0 and metrics[1] == metrics[0]
