@@ -393,6 +393,10 @@ class EbmParams:
         }
         return tuple(family for family, on in switches.items() if not on)
 
+    def uses_training_documents(self) -> bool:
+        """Whether the features need the stored training documents (kNN or prior)."""
+        return not {"knn", "prior"} <= set(self.disabled_feature_families())
+
     def languages(self) -> tuple[str, ...]:
         """The languages ``model`` was made for; () = not known."""
         if self.model_languages.strip():

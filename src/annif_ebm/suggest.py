@@ -60,9 +60,7 @@ class LoadedModel:
 
     def training_documents(self, params: EbmParams) -> TrainingDocuments | None:
         """The stored training documents, if the features use them."""
-        if {"knn", "prior"} <= set(params.disabled_feature_families()):
-            return None
-        return self.store.training_documents()
+        return self.store.training_documents() if params.uses_training_documents() else None
 
 
 def load_model(datadir: str, backend_id: str, threads: int = 0) -> LoadedModel:

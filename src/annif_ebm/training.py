@@ -258,7 +258,7 @@ def _match(target: Target, run: TrainingRun, sample: Sample, p: EbmParams,
     candidates (the sample's documents come first in the run)."""
     store_path = os.path.join(target.datadir, files.store_file)
     training = None
-    if not {"knn", "prior"} <= set(p.disabled_feature_families()):
+    if p.uses_training_documents():
         training = _training_documents(run)
         write_training_documents(store_path, training, p.duckdb_threads)
         target.info(f"stored {run.n_docs} training documents for kNN and priors")
