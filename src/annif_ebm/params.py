@@ -343,7 +343,7 @@ class EbmParams:
     )
 
     # the names of the parameters given explicitly (not defaults), as parsed
-    explicit: frozenset = dataclasses.field(default=frozenset(), repr=False)
+    explicit: frozenset = dataclasses.field(default=frozenset(), repr=False, compare=False)
 
     @classmethod
     def specs(cls, kind: Kind | None = None) -> list[dataclasses.Field]:
