@@ -36,14 +36,14 @@ def queries_from(corpus: str, n: int) -> np.ndarray:
     from annif_ebm.params import EbmParams
 
     params = EbmParams.parse({"device": "cpu"})
-    chunker = Chunker("en", params.max_chunk_length, params.max_chunks)
+    chunker = Chunker("en", params.texts.max_chunk_length, params.texts.max_chunks)
     chunks = []
     with open(corpus, encoding="utf-8") as file:
         for line in file:
             chunks += chunker.chunk(line.split("\t", 1)[0])
             if len(chunks) >= n:
                 break
-    return load_encoder(params).encode_queries(chunks[:n])
+    return load_encoder(params.embedding, params.api).encode_queries(chunks[:n])
 
 
 def timed(fn, *args, **kwargs):

@@ -85,7 +85,8 @@ def main() -> None:
 
         params = EbmParams.parse({**backend.params, **overrides})
         embedder = backend._encoder_for(params)
-        chunker = Chunker(project.language, params.max_chunk_length, params.max_chunks)
+        chunker = Chunker(project.language, params.texts.max_chunk_length,
+                          params.texts.max_chunks)
         chunk_batches = [[c for t in batch for c in chunker.chunk(t)] for batch in batches]
 
         # batch by batch alternating, so that a machine that speeds up or
@@ -119,7 +120,7 @@ def main() -> None:
             {"measure": "chunks", "value": n_chunks},
             {"measure": "device", "value": ",".join(embedder.devices)},
             {"measure": "label search precision",
-             "value": resolve_precision(params.search_precision, embedder.search_device)},
+             "value": resolve_precision(params.retrieval.search_precision, embedder.search_device)},
             {"measure": "pure encode s (median)", "value": limit},
             {"measure": "end-to-end suggest s (median)", "value": total},
             {"measure": "ratio end-to-end / encode", "value": total / limit},

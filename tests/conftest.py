@@ -31,7 +31,7 @@ def embedder():
     from annif_ebm.params import EbmParams
 
     params = EbmParams.parse({"device": "cpu"})
-    return load_encoder(params)
+    return load_encoder(params.embedding, params.api)
 
 
 class AnnifEnv:

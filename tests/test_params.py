@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 from annif.exception import ConfigurationException
 
@@ -7,13 +9,13 @@ from annif_ebm.params import DEFAULT_MODEL, EbmParams, Kind
 @pytest.mark.parametrize("text", ["False", "false", "0", "no", "off", "NO"])
 def test_false_strings_are_false(text):
     params = EbmParams.parse({"use_altlabels": text})
-    assert params.use_altlabels is False
+    assert params.texts.use_altlabels is False
 
 
 @pytest.mark.parametrize("text", ["True", "1", "yes", "on"])
 def test_true_strings_are_true(text):
     params = EbmParams.parse({"use_altlabels": text})
-    assert params.use_altlabels is True
+    assert params.texts.use_altlabels is True
 
 
 @pytest.mark.parametrize(
@@ -44,7 +46,7 @@ def test_annif_project_settings_are_ignored():
     params = EbmParams.parse(
         {"name": "x", "language": "en", "backend": "ebm", "vocab": "v", "limit": "7"}
     )
-    assert params.limit == 7
+    assert params.general.limit == 7
     assert params.explicit == {"limit"}
 
 
@@ -52,16 +54,17 @@ def test_typed_values_and_defaults():
     params = EbmParams.parse(
         {"device": "CUDA:1", "batch_size": "16", "model_kwargs": '{"a": 1}'}
     )
-    assert params.device == "cuda:1"
-    assert params.batch_size == 16
-    assert params.model_kwargs == {"a": 1}
-    assert params.model == DEFAULT_MODEL
-    assert params.truncate_dim == 0
+    assert params.embedding.device == "cuda:1"
+    assert params.embedding.batch_size == 16
+    assert params.embedding.model_kwargs == {"a": 1}
+    assert params.embedding.model == DEFAULT_MODEL
+    assert params.embedding.truncate_dim == 0
 
 
 def test_jobs_fill_thread_counts_not_given():
     params = EbmParams.parse({"xgb_jobs": "3"}, jobs=2)
-    assert (params.torch_threads, params.duckdb_threads, params.xgb_jobs) == (2, 2, 3)
+    assert (params.embedding.torch_threads, params.general.duckdb_threads,
+            params.ranker.xgb_jobs) == (2, 2, 3)
 
 
 def test_every_parameter_has_kind_and_doc():
@@ -80,7 +83,7 @@ def test_every_parameter_has_kind_and_doc():
 def test_stored_model_settings_fill_unset_values():
     stored = dict(EbmParams().model_settings(), truncate_dim=128)
     params = EbmParams.parse({"device": "cpu"})
-    assert params.with_stored_model(stored).truncate_dim == 128
+    assert params.with_stored_model(stored).embedding.truncate_dim == 128
 
 
 def test_conflicting_model_setting_names_both_values():
@@ -94,7 +97,7 @@ def test_conflicting_model_setting_names_both_values():
 def test_same_explicit_model_setting_is_fine():
     stored = EbmParams().model_settings()
     params = EbmParams.parse({"use_altlabels": "yes"})
-    assert params.with_stored_model(stored).use_altlabels is True
+    assert params.with_stored_model(stored).texts.use_altlabels is True
 
 
 def test_configuration_reference_is_up_to_date():
@@ -111,6 +114,26 @@ def test_configuration_reference_is_up_to_date():
 def test_the_bundled_model_is_known_to_be_english():
     from annif_ebm.params import EbmParams
 
-    assert EbmParams.parse({}).languages() == ("en",)
-    assert EbmParams.parse({"model": "/some/other/model"}).languages() == ()
-    assert EbmParams.parse({"model_languages": "DE, fi"}).languages() == ("de", "fi")
+    assert EbmParams.parse({}).embedding.languages() == ("en",)
+    assert EbmParams.parse({"model": "/some/other/model"}).embedding.languages() == ()
+    assert EbmParams.parse({"model_languages": "DE, fi"}).embedding.languages() == ("de", "fi")
+
+
+def test_every_parameter_is_in_exactly_one_group():
+    from annif_ebm.params import GROUPS
+
+    names = [f.name for group in GROUPS.values() for f in dataclasses.fields(group)]
+    assert len(names) == len(set(names))
+    params = EbmParams.parse({"limit": "7", "hnsw_m": "8", "api_retries": "1"})
+    assert (params.general.limit, params.retrieval.hnsw_m, params.api.api_retries) == (7, 8, 1)
+    assert {n: params.value(n) for n in names} == {
+        **EbmParams().of_kind(Kind.MODEL), **EbmParams().of_kind(Kind.TRAIN),
+        **EbmParams().of_kind(Kind.RUNTIME), "limit": 7, "hnsw_m": 8, "api_retries": 1}
+    with pytest.raises(TypeError, match="not parameters: nope"):
+        params.replace(nope=1)
+
+
+def test_the_groups_are_frozen():
+    params = EbmParams.parse({})
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        params.embedding.model = "other"  # type: ignore[misc]

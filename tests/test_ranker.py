@@ -6,7 +6,7 @@ from annif_ebm.features import FEATURE_NAMES
 from annif_ebm.params import EbmParams
 from annif_ebm.ranker import Ranker
 
-PARAMS = EbmParams.parse({"xgb_rounds": "30"})
+PARAMS = EbmParams.parse({"xgb_rounds": "30"}).ranker
 
 
 def data(n=2000, seed=0):

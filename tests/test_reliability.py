@@ -488,7 +488,7 @@ def test_no_pickle_in_the_project_datadir(trained_env):
 
 def test_remote_code_is_off_unless_asked(project):
     params = project.backend._parse(project.backend.params)
-    assert params.trust_remote_code is False
+    assert params.embedding.trust_remote_code is False
 
 
 def test_model_files_outside_the_datadir_are_refused(trained_env, tmp_path):

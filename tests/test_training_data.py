@@ -62,9 +62,10 @@ def test_chunks_embedded_once_and_read_back_by_document(tmp_path, embedder):
     run = TrainingRun(str(tmp_path))
     add_two_batches(run)
     assert run.n_docs == 3
-    assert run.embed_chunks(SPACE_B, embedder.dimension, encode) == 2
+    chunk_vectors = run.embed_chunks(SPACE_B, embedder.dimension, encode)
+    assert chunk_vectors.embedded == 2
     assert sorted(encode.texts) == ["Neural networks learn.", "Wages and jobs."]
-    batches = list(run.chunk_batches(2, run.n_docs))
+    batches = list(chunk_vectors.batches(2, run.n_docs))
     assert [b[0] for b in batches] == [0, 2]
     first, doc, position, n_chunks, vectors = batches[0]
     assert doc.tolist() == [0, 0] and position.tolist() == [0, 1] and n_chunks.tolist() == [2, 0]
@@ -138,9 +139,10 @@ def test_a_run_larger_than_its_memory_limit_joins_and_reads_back_in_order(tmp_pa
         return np.stack([np.random.default_rng(int(t.split()[1]) * 2 + int(t.split()[2]))
                          .normal(size=384).astype(np.float32) for t in texts])
 
-    assert run.embed_chunks(SPACE_B, 384, encode) == 30_000
+    chunk_vectors = run.embed_chunks(SPACE_B, 384, encode)
+    assert chunk_vectors.embedded == 30_000
     seen = 0
-    for first, doc, position, n_chunks, vectors in run.chunk_batches(1024, run.n_docs):
+    for first, doc, position, n_chunks, vectors in chunk_vectors.batches(1024, run.n_docs):
         assert (np.diff(doc.astype(np.int64)) >= 0).all()
         assert n_chunks.tolist() == [1 + (first + d) % 2 for d in range(len(n_chunks))]
         some = np.flatnonzero(position == 1)[:3]

@@ -23,16 +23,16 @@ from annif import logger
 from annif.exception import ConfigurationException, OperationFailedException
 
 from .encoders import EncoderBase
-from .params import EbmParams
+from .params import ApiSettings, EmbeddingSettings
 
 BACKOFF_SECONDS = 1.0  # wait before the first retry; doubles for each further one
 MAX_BACKOFF_SECONDS = 30.0
 _BODY_SNIPPET = 300  # characters of an error answer quoted in messages
 
 
-def check_no_static_with_api(params: EbmParams) -> None:
+def check_no_static_with_api(embedding: EmbeddingSettings, api: ApiSettings) -> None:
     """A static model runs in this process: refuse it together with ``api_url``."""
-    if params.api_url and params.static_embedding:
+    if api.api_url and embedding.static_embedding:
         raise ConfigurationException(
             "static_embedding=true cannot be used with api_url: the static model "
             "runs in this process; use one or the other"
@@ -44,19 +44,21 @@ class _Transient(Exception):
 
 
 class ApiClient:
-    """Embeds texts through the server at ``params.api_url``."""
+    """Embeds texts through the server at ``api.api_url``."""
 
-    def __init__(self, params: EbmParams, backoff: float = BACKOFF_SECONDS) -> None:
+    def __init__(self, embedding: EmbeddingSettings, api: ApiSettings,
+                 backoff: float = BACKOFF_SECONDS) -> None:
         """``backoff``: seconds before the first retry (doubling after)."""
-        if params.query_prompt_name or params.document_prompt_name:
+        if embedding.query_prompt_name or embedding.document_prompt_name:
             raise ConfigurationException(
                 "query_prompt_name/document_prompt_name cannot be used with api_url "
                 "(the server does not know the model's stored prompts); give the "
                 "prompt text in query_prompt/document_prompt instead"
             )
-        self.params = params
-        self.url = params.api_url.rstrip("/") + "/embeddings"
-        self.model = params.api_model or params.model
+        self.api = api
+        self.truncate_dim = embedding.truncate_dim
+        self.url = api.api_url.rstrip("/") + "/embeddings"
+        self.model = api.api_model or embedding.model
         self.backoff = backoff
 
     def encode(self, texts: list[str], prompt: str = "") -> np.ndarray:
@@ -64,11 +66,11 @@ class ApiClient:
         if not texts:
             return np.zeros((0, 0), dtype=np.float32)
         inputs = [prompt + text for text in texts]
-        size = self.params.api_batch_size
+        size = self.api.api_batch_size
         batches = [inputs[i:i + size] for i in range(0, len(inputs), size)]
         headers = self._headers()
-        with httpx.Client(timeout=self.params.api_timeout, headers=headers) as client:
-            workers = min(self.params.api_concurrency, len(batches))
+        with httpx.Client(timeout=self.api.api_timeout, headers=headers) as client:
+            workers = min(self.api.api_concurrency, len(batches))
             if workers == 1:
                 parts = [self._embed_batch(client, batch) for batch in batches]
             else:
@@ -84,7 +86,7 @@ class ApiClient:
 
     def _headers(self) -> dict:
         """The bearer key, read from the environment now (never stored)."""
-        name = self.params.api_key_env
+        name = self.api.api_key_env
         if not name:
             return {}
         key = os.environ.get(name)
@@ -100,7 +102,7 @@ class ApiClient:
 
     def _embed_batch(self, client: httpx.Client, batch: list[str]) -> np.ndarray:
         """One request, retried on transient failures."""
-        p = self.params
+        p = self.api
         retrying = tenacity.Retrying(
             retry=tenacity.retry_if_exception_type((_Transient, httpx.TransportError)),
             stop=tenacity.stop_after_attempt(p.api_retries + 1),
@@ -142,7 +144,7 @@ class ApiClient:
         cause = cause or type(err).__name__
         logger.warning(
             "embeddings server %s: %s; retry %d of %d in %.1f s", self.url, cause,
-            state.attempt_number, self.params.api_retries, state.next_action.sleep,
+            state.attempt_number, self.api.api_retries, state.next_action.sleep,
         )
 
     def _vectors(self, response: httpx.Response, n: int) -> np.ndarray:
@@ -171,8 +173,8 @@ class ApiClient:
 
     def _normalise(self, vectors: np.ndarray) -> np.ndarray:
         """Cut to ``truncate_dim`` (as sentence-transformers does), then L2-normalise."""
-        if self.params.truncate_dim:
-            vectors = vectors[:, :self.params.truncate_dim]
+        if self.truncate_dim:
+            vectors = vectors[:, :self.truncate_dim]
         if not np.isfinite(vectors).all():
             raise self._error("answered NaN or infinite values")
         norms = np.linalg.norm(vectors.astype(np.float64), axis=1, keepdims=True)
@@ -185,17 +187,14 @@ class ApiEncoder(EncoderBase):
     """Embeds through the server at ``api_url``; the label search runs on
     this machine's CPU."""
 
-    FIELDS = ("api_url", "api_model", "model", "api_key_env", "api_batch_size",
-              "api_concurrency", "api_timeout", "api_retries", "truncate_dim",
-              "query_prompt", "document_prompt", "query_prompt_name",
-              "document_prompt_name", "static_embedding")
     search_device = "cpu"
 
-    def __init__(self, params: EbmParams, backoff: float = BACKOFF_SECONDS) -> None:
+    def __init__(self, embedding: EmbeddingSettings, api: ApiSettings,
+                 backoff: float = BACKOFF_SECONDS) -> None:
         """Asks the server once, for the dimension; ``backoff`` as in ApiClient."""
-        check_no_static_with_api(params)
-        self.client = ApiClient(params, backoff)
-        self._prompts = {"query": params.query_prompt, "document": params.document_prompt}
+        check_no_static_with_api(embedding, api)
+        self.client = ApiClient(embedding, api, backoff)
+        self._prompts = {"query": embedding.query_prompt, "document": embedding.document_prompt}
         self.source = f"embeddings server {self.client.url} (model '{self.client.model}')"
         logger.info("embedding through %s", self.source)
         self.dimension = self._probe_dimension()

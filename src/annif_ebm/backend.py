@@ -16,6 +16,7 @@ from annif.exception import OperationFailedException
 from annif.suggestion import SuggestionBatch
 
 from . import fit, suggest, training
+from .chunking import Chunker
 from .embedding import Encoder, encoder_key, load_encoder
 from .params import EbmParams
 from .timing import StageTimer
@@ -35,6 +36,7 @@ class EbmBackend(AnnifBackend):
         self._lock = threading.RLock()
         self._model: suggest.LoadedModel | None = None
         self._encoder: tuple[str, Encoder] | None = None  # (key, encoder)
+        self._chunker: Chunker | None = None
         self._active = None
         # seconds spent per pipeline stage by suggest calls, for benchmarks
         self.stage_seconds: collections.Counter = collections.Counter()
@@ -45,12 +47,22 @@ class EbmBackend(AnnifBackend):
     def _encoder_for(self, params: EbmParams, location: str | None = None) -> Encoder:
         """The encoder for these settings (kept while they stay the same);
         ``location``: the project's distilled static model, if any."""
-        key = encoder_key(params, location)
+        key = encoder_key(params.embedding, params.api, location)
         with self._lock:
             if self._encoder is None or self._encoder[0] != key:
                 self._encoder = None  # the old model goes before the new one loads
-                self._encoder = (key, load_encoder(params, location))
+                self._encoder = (key, load_encoder(params.embedding, params.api, location))
             return self._encoder[1]
+
+    def _chunker_for(self, params: EbmParams) -> Chunker:
+        texts = params.texts
+        with self._lock:
+            chunker = self._chunker
+            if (chunker is None or chunker.max_chunk_length != texts.max_chunk_length
+                    or chunker.max_chunks != texts.max_chunks):
+                chunker = self._chunker = Chunker(self.project.language,
+                                                  texts.max_chunk_length, texts.max_chunks)
+            return chunker
 
     # ---- loading ----
 
@@ -58,7 +70,8 @@ class EbmBackend(AnnifBackend):
         with self._lock:
             if self._model is None:
                 params = self._parse(self.params)
-                model = suggest.load_model(self.datadir, self.backend_id, params.duckdb_threads)
+                model = suggest.load_model(self.datadir, self.backend_id,
+                                           params.general.duckdb_threads)
                 # a conflicting setting is an error of the suggest call, not of loading
                 stored = params.with_stored_model(model.metadata.model, check=False)
                 if warning := stored.language_warning(self.project.language):
@@ -72,7 +85,7 @@ class EbmBackend(AnnifBackend):
         model loads on first use, with that call's device."""
         model = self._load_model()
         params = self._parse(self.params)
-        if params.search == "exact":
+        if params.retrieval.search == "exact":
             model.store.label_vectors()
         model.store.training_documents()
 
@@ -111,7 +124,7 @@ class EbmBackend(AnnifBackend):
         if self._active is None:
             self._active = suggest.active_subjects(self.project.subjects)
         timer = StageTimer()
-        batch = suggest.suggest([doc.text for doc in documents], self.project.language,
+        batch = suggest.suggest([doc.text for doc in documents], self._chunker_for(p),
                                 model, encoder, p, self._active, timer)
         with self._lock:
             self.stage_seconds.update(timer.seconds)

@@ -29,16 +29,19 @@ import pyarrow as pa
 from annif import logger
 from annif.exception import OperationFailedException
 
+from . import duckdb_pool
 from .memory import return_free_heap
 from .model_files import CACHE_FILE, remove
-from .params import EbmParams
+from .params import EmbeddingSettings
 from .progress import progress_bar
 
 ALIAS = "embeddings"
 ENCODE_BLOCK = 4096  # texts handed to the encoder at once
 # vectors per join of texts with their cached ones: an INSERT holds its new
-# rows in the (capped) pool until it commits, so a join must fit well inside
-JOIN_BYTES = 16 << 20
+# rows in the (capped) pool until it commits, so a join must fit well inside:
+# a quarter of it (16 MB of the 64 MB pool; at half, one of five runs of a test
+# under a 32 MB pool failed with DuckDB's out-of-memory error)
+JOIN_SHARE_OF_POOL = 4
 
 Encode = Callable[[list[str]], np.ndarray]
 
@@ -49,7 +52,7 @@ def space_table(space: dict) -> str:
     return f"{ALIAS}.vectors_{digest[:16]}"
 
 
-def embedding_space(params: EbmParams, role: str, static_dir: str = "") -> dict:
+def embedding_space(params: EmbeddingSettings, role: str, static_dir: str = "") -> dict:
     """What a text's vector depends on: the model (each distilled static model
     is its own), its dimensions and the prompt of the role, ``query``
     (chunks) or ``document`` (labels); names the embedding cache's table."""
@@ -64,8 +67,9 @@ def embedding_space(params: EbmParams, role: str, static_dir: str = "") -> dict:
 
 
 def join_rows(dimension: int) -> int:
-    """Rows of ``dimension``-float vectors in :data:`JOIN_BYTES`."""
-    return max(1, JOIN_BYTES // (4 * dimension))
+    """Rows of ``dimension``-float vectors in a quarter of the DuckDB pool."""
+    join_bytes = (duckdb_pool.MEMORY_LIMIT_MB << 20) // JOIN_SHARE_OF_POOL
+    return max(1, join_bytes // (4 * dimension))
 
 
 def vector_array(vectors: np.ndarray) -> pa.FixedSizeListArray:
@@ -86,7 +90,7 @@ class EmbeddingCache:
             self._attach_and_check()
         except duckdb.Error as err:
             con.execute(f"DETACH DATABASE IF EXISTS {ALIAS}")
-            message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            message = duckdb_pool.error_line(err)
             logger.warning("the embedding cache %s is damaged (%s): removing it; every label "
                            "and chunk is embedded again", self.path, message)
             remove(self.path, self.path + ".wal")

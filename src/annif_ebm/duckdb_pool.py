@@ -23,6 +23,12 @@ from .model_files import SPILL_PREFIX
 MEMORY_LIMIT_MB = 64
 
 
+def error_line(err: Exception) -> str:
+    """The first line of a DuckDB error (its advice follows on further lines)."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 def new_spill_directory(datadir: str) -> str:
     """A fresh folder for one run's spilled pages, inside ``datadir``."""
     return tempfile.mkdtemp(prefix=SPILL_PREFIX, dir=datadir)

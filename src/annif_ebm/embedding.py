@@ -14,6 +14,7 @@ Embeddings come back L2-normalised as float32 numpy arrays.
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import json
 import os
 import threading
@@ -26,7 +27,7 @@ from annif.exception import OperationFailedException
 
 from .api_client import ApiEncoder, check_no_static_with_api
 from .encoders import EncoderBase
-from .params import AUTO_BATCH_SIZE, DEFAULT_MODEL, EbmParams
+from .params import AUTO_BATCH_SIZE, DEFAULT_MODEL, ApiSettings, EmbeddingSettings
 
 # transformers would otherwise import TensorFlow where it is installed (Annif's
 # nn_ensemble brings it), and refuse to work with its Keras 3
@@ -120,11 +121,7 @@ class SentenceTransformerEncoder(EncoderBase):
     """A sentence-transformers model loaded in this process, on one device or
     (``device=cuda:0,cuda:1``) on several through worker processes."""
 
-    FIELDS = ("model", "device", "dtype", "batch_size", "torch_threads",
-              "trust_remote_code", "model_kwargs", "truncate_dim", "query_prompt",
-              "query_prompt_name", "document_prompt", "document_prompt_name")
-
-    def __init__(self, params: EbmParams, location: str | None = None) -> None:
+    def __init__(self, params: EmbeddingSettings, location: str | None = None) -> None:
         """``location``: a saved model to load instead of ``params.model``
         (the project's distilled static model)."""
         import torch
@@ -204,37 +201,32 @@ class SentenceTransformerEncoder(EncoderBase):
                 )
 
 
-FACTORY_FIELDS = ("api_url",)  # what load_encoder reads to pick the encoder
+def load_encoder(embedding: EmbeddingSettings, api: ApiSettings,
+                 location: str | None = None) -> Encoder:
+    """The encoder for these settings: :class:`ApiEncoder` with ``api_url``
+    set, else :class:`SentenceTransformerEncoder` (``location``: a saved model
+    to load instead of ``embedding.model``). It reads no other settings."""
+    if api.api_url:
+        return ApiEncoder(embedding, api)
+    return SentenceTransformerEncoder(embedding, location)
 
 
-def _encoder_class(params: EbmParams) -> type[EncoderBase]:
-    return ApiEncoder if params.api_url else SentenceTransformerEncoder
-
-
-def load_encoder(params: EbmParams, location: str | None = None) -> Encoder:
-    """The encoder for ``params``: :class:`ApiEncoder` with ``api_url`` set,
-    else :class:`SentenceTransformerEncoder` (``location``: a saved model to
-    load instead of ``params.model``)."""
-    if params.api_url:
-        return ApiEncoder(params)
-    return SentenceTransformerEncoder(params, location)
-
-
-def encoder_key(params: EbmParams, location: str | None = None) -> str:
+def encoder_key(embedding: EmbeddingSettings, api: ApiSettings,
+                location: str | None = None) -> str:
     """Equal for two calls of :func:`load_encoder` that build equal encoders:
-    the encoder class, ``location`` and the fields the class reads (FIELDS)."""
-    cls = _encoder_class(params)
-    values = {name: getattr(params, name) for name in FACTORY_FIELDS + cls.FIELDS}
-    return json.dumps({"encoder": cls.__name__, "location": location, "params": values},
-                      sort_keys=True, default=str)
+    the embedding settings, ``location`` and, for the API encoder, the API
+    settings (the in-process encoder ignores them)."""
+    key = {"embedding": dataclasses.asdict(embedding), "location": location,
+           "api": dataclasses.asdict(api) if api.api_url else None}
+    return json.dumps(key, sort_keys=True, default=str)
 
 
 
 
-def distill_static_model(params: EbmParams, path: str) -> None:
+def distill_static_model(params: EmbeddingSettings, api: ApiSettings, path: str) -> None:
     """Distill ``params.model`` into a static embedding model saved at ``path``
     (model2vec: one vector per token, averaged; no transformer at run time)."""
-    check_no_static_with_api(params)
+    check_no_static_with_api(params, api)
     try:
         from model2vec.distill import distill  # noqa: F401
     except ImportError:

@@ -16,10 +16,10 @@ class EncoderBase:
     ``_embed(texts, role)``, which gets distinct texts and ``role`` "query"
     (chunks) or "document" (labels) and returns their L2-normalised vectors.
     Subclasses set ``source`` and ``search_device``, then ``dimension =
-    self._probe_dimension()``; ``FIELDS`` names the :class:`EbmParams` fields
-    they read (see embedding.encoder_key)."""
+    self._probe_dimension()``; they are built from the embedding settings
+    (and the API settings) only, which are their cache key (see
+    embedding.encoder_key)."""
 
-    FIELDS: tuple[str, ...] = ()
     source: str
     dimension: int
     search_device: str

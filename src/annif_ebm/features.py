@@ -12,6 +12,7 @@ import numpy as np
 import polars as pl
 
 from .labels import BROADER, NARROWER, RELATED
+from .params import FeatureSettings
 
 FEATURE_NAMES = (
     "n_chunks",  # chunks in the document
@@ -56,6 +57,24 @@ FEATURE_FAMILIES = {
     "prior": ("prior",),
     "hierarchy": ("broader_best", "narrower_best", "related_best", "related_candidates"),
 }
+
+
+def disabled_families(settings: FeatureSettings) -> tuple[str, ...]:
+    """The feature families (:data:`FEATURE_FAMILIES`) the settings switch off."""
+    switches = {
+        "label": settings.use_label_features,
+        "knn": settings.knn_neighbors > 0,
+        "prior": settings.use_prior,
+        "hierarchy": settings.use_hierarchy,
+    }
+    return tuple(family for family in FEATURE_FAMILIES if not switches[family])
+
+
+def uses_training_documents(settings: FeatureSettings) -> bool:
+    """Whether the features need the stored training documents (kNN or prior)."""
+    return not {"knn", "prior"} <= set(disabled_families(settings))
+
+
 LABEL_MATCH_FEATURES = tuple(
     name for name in FEATURE_NAMES
     if name not in {n for names in FEATURE_FAMILIES.values() for n in names}

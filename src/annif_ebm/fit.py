@@ -55,7 +55,7 @@ def fit_and_commit(target: Target, metadata: model_files.ModelMetadata, p: EbmPa
     new model (and its training data) the project's."""
     target.info("training the ranker")
     ranker = Ranker.train(lambda: candidate_batches(train_path, target.datadir, cached),
-                          p, target.datadir)
+                          p.ranker, target.datadir)
     ranker.save(os.path.join(target.datadir, model_files.tmp_name(metadata.ranker_file)))
     model_files.publish(target.datadir, metadata.ranker_file)
     if publish_training_data is not None:

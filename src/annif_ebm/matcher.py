@@ -12,24 +12,26 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
-from .features import (candidate_features, finish_features, hierarchy_features,
-                       hits_frame, merge_candidates)
+from .features import (candidate_features, disabled_families, finish_features,
+                       hierarchy_features, hits_frame, merge_candidates)
 from .knn import TrainingDocuments, pool_documents
-from .params import EbmParams
+from .params import FeatureSettings
 from .search import LabelSearch
 from .store import LabelStore
 from .timing import StageTimer
 
 
 class Matcher:
-    def __init__(self, store: LabelStore, search: LabelSearch, params: EbmParams,
-                 training: TrainingDocuments | None, timer: StageTimer) -> None:
-        """``training``: the stored training documents, or None (then no kNN
-        and prior features)."""
+    def __init__(self, store: LabelStore, search: LabelSearch, per_chunk: int,
+                 features: FeatureSettings, training: TrainingDocuments | None,
+                 timer: StageTimer) -> None:
+        """``per_chunk``: labels searched per chunk; ``training``: the stored
+        training documents, or None (then no kNN and prior features)."""
         self.store = store
         self.search = search
-        self.params = params
-        self.disabled = params.disabled_feature_families()
+        self.per_chunk = per_chunk
+        self.features = features
+        self.disabled = disabled_families(features)
         self.training = training
         self.timer = timer
 
@@ -40,7 +42,7 @@ class Matcher:
         :class:`~annif_ebm.chunking.ChunkedTexts`). ``own_docs``: while making
         the ranker's training data, each document's index among the training
         documents, left out of its own kNN neighbours and prior."""
-        p, disabled, training = self.params, self.disabled, self.training
+        p, disabled, training = self.features, self.disabled, self.training
         candidates = self._label_matches(doc, position, n_chunks, vectors)
         if training is not None and "knn" not in disabled:
             with self.timer.stage("knn"):
@@ -61,7 +63,7 @@ class Matcher:
         """Candidates from the nearest labels of each chunk."""
         store = self.store
         with self.timer.stage("search"):
-            query, label, score = self.search.search(vectors, self.params.candidates_per_chunk)
+            query, label, score = self.search.search(vectors, self.per_chunk)
             rank = np.arange(len(query)) - np.searchsorted(query, query)
         with self.timer.stage("features"):
             hits = hits_frame(
@@ -75,4 +77,4 @@ class Matcher:
                 score=score,
                 rank=rank.astype(np.uint16),
             )
-            return candidate_features(hits, n_chunks, self.params.candidates_per_doc)
+            return candidate_features(hits, n_chunks, self.features.candidates_per_doc)

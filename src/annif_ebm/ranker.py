@@ -21,7 +21,7 @@ from annif.exception import OperationFailedException
 
 from .features import FEATURE_NAMES
 from .model_files import XGB_CACHE_PREFIX
-from .params import EbmParams
+from .params import RankerSettings
 from .progress import progress_bar
 
 
@@ -46,7 +46,7 @@ class Ranker:
 
     @classmethod
     def train(cls, batches: Callable[[], Iterator[tuple[np.ndarray, np.ndarray]]],
-              params: EbmParams, workdir: str) -> Ranker:
+              params: RankerSettings, workdir: str) -> Ranker:
         """Train on ``batches()``: a fresh iterator of (features, gold flags)
         per call. XGBoost's page cache lives in a temporary folder in ``workdir``."""
         n_rows = n_gold = n_batches = 0
@@ -78,7 +78,7 @@ class Ranker:
         return cls(booster)
 
     @staticmethod
-    def _fit(data: xgb.DMatrix, params: EbmParams,
+    def _fit(data: xgb.DMatrix, params: RankerSettings,
              progress: xgb.callback.TrainingCallback | None = None) -> xgb.Booster:
         return xgb.train(
             {

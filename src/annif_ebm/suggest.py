@@ -16,10 +16,10 @@ from scipy.sparse import csr_array
 from . import model_files
 from .chunking import Chunker, chunk_texts
 from .embedding import Encoder
-from .features import feature_matrix
+from .features import feature_matrix, uses_training_documents
 from .knn import TrainingDocuments
 from .matcher import Matcher
-from .params import EbmParams
+from .params import EbmParams, FeatureSettings, SearchSettings
 from .ranker import Ranker
 from .search import LabelSearch, label_search
 from .store import LabelStore
@@ -48,19 +48,19 @@ class LoadedModel:
                 self._ranker = (os.getpid(), Ranker.load(self.ranker_path))
             return self._ranker[1]
 
-    def search(self, params: EbmParams, device: str) -> LabelSearch:
+    def search(self, settings: SearchSettings, device: str) -> LabelSearch:
         """The label search for these settings on ``device`` (built once)."""
-        key = (params.search, device, params.search_precision, params.ef_search)
+        key = (settings.search, device, settings.search_precision, settings.ef_search)
         with self._lock:
             if key not in self._searches:
                 self._searches[key] = label_search(
-                    self.store, params.search, device, params.search_precision,
-                    params.ef_search)
+                    self.store, settings.search, device, settings.search_precision,
+                    settings.ef_search)
             return self._searches[key]
 
-    def training_documents(self, params: EbmParams) -> TrainingDocuments | None:
+    def training_documents(self, features: FeatureSettings) -> TrainingDocuments | None:
         """The stored training documents, if the features use them."""
-        return self.store.training_documents() if params.uses_training_documents() else None
+        return self.store.training_documents() if uses_training_documents(features) else None
 
 
 def load_model(datadir: str, backend_id: str, threads: int = 0) -> LoadedModel:
@@ -92,28 +92,28 @@ def check_dimension(encoder: Encoder, store: LabelStore, api: bool) -> None:
         )
 
 
-def candidates(texts: list[str], language: str, encoder: Encoder, matcher: Matcher,
+def candidates(texts: list[str], chunker: Chunker, encoder: Encoder, matcher: Matcher,
                timer: StageTimer) -> pl.DataFrame:
     """Chunk, encode and match ``texts``; ``doc`` is the index into them."""
-    p = matcher.params
     with timer.stage("chunk"):
-        chunked = chunk_texts(Chunker(language, p.max_chunk_length, p.max_chunks), texts)
+        chunked = chunk_texts(chunker, texts)
     with timer.stage("embed"):
         vectors = encoder.encode_queries(chunked.chunks)
     return matcher.match(chunked.doc, chunked.position, chunked.n_chunks, vectors)
 
 
-def suggest(texts: list[str], language: str, model: LoadedModel, encoder: Encoder,
+def suggest(texts: list[str], chunker: Chunker, model: LoadedModel, encoder: Encoder,
             params: EbmParams, active: np.ndarray, timer: StageTimer) -> SuggestionBatch:
     """Suggestions for a batch of texts; ``active``: which subjects of the
     vocabulary may be suggested (by subject id)."""
-    check_dimension(encoder, model.store, bool(params.api_url))
-    matcher = Matcher(model.store, model.search(params, encoder.search_device), params,
-                      model.training_documents(params), timer)
-    found = candidates(texts, language, encoder, matcher, timer)
+    check_dimension(encoder, model.store, bool(params.api.api_url))
+    matcher = Matcher(model.store, model.search(params.retrieval, encoder.search_device),
+                      params.retrieval.candidates_per_chunk, params.features,
+                      model.training_documents(params.features), timer)
+    found = candidates(texts, chunker, encoder, matcher, timer)
     with timer.stage("rank"):
-        scores = model.ranker.predict(feature_matrix(found), params.xgb_jobs)
-        return best_suggestions(found, scores, len(texts), active, params.limit)
+        scores = model.ranker.predict(feature_matrix(found), params.ranker.xgb_jobs)
+        return best_suggestions(found, scores, len(texts), active, params.general.limit)
 
 
 def active_subjects(subjects) -> np.ndarray:

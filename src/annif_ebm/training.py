@@ -26,7 +26,7 @@ from annif.exception import (NotInitializedException, NotSupportedException,
 from . import cache, model_files
 from .chunking import Chunker, chunk_texts
 from .embedding import distill_static_model, load_encoder
-from .features import FEATURE_NAMES
+from .features import FEATURE_NAMES, disabled_families, uses_training_documents
 from .knn import VECTOR_DTYPE, TrainingDocuments, pool_documents
 from .labels import LabelSet, vocabulary_labels, vocabulary_relations
 from .matcher import Matcher
@@ -39,7 +39,7 @@ from .sampling import Sample, choose_documents
 from .search import label_search
 from .store import LabelStore, write_store, write_training_documents
 from .timing import StageTimer
-from .training_data import TrainingRun, cached_training_data, stored_metadata
+from .training_data import ChunkVectors, TrainingRun, cached_training_data, stored_metadata
 
 if TYPE_CHECKING:
     from annif.corpus import Document, DocumentCorpus
@@ -105,21 +105,21 @@ def train(target: Target, corpus: DocumentCorpus, p: EbmParams) -> None:
         target.warning(warning)
     labels = _labels(target, p)
     sample = _sample(target, corpus, p)
-    files = model_files.RunFiles.new(p.static_embedding)
+    files = model_files.RunFiles.new(p.embedding.static_embedding)
     timer = StageTimer()
     run, kept = None, False
     try:
         location = _static_model(target, p, files)
-        run = TrainingRun(target.datadir, p.duckdb_threads)
+        run = TrainingRun(target.datadir, p.general.duckdb_threads)
         _chunk(corpus, sample, run, target.project.language, p, timer)
-        dimension, search_device = _embed(target, labels, run, p, files, location, timer)
+        chunk_vectors, search_device = _embed(target, labels, run, p, files, location, timer)
         release_memory()  # the encoder
-        _match(target, run, sample, p, files, search_device, timer)
+        _match(target, run, chunk_vectors, sample, p, files, search_device, timer)
         metadata = model_files.ModelMetadata(
             store_file=files.store_file,
             ranker_file=files.ranker_file,
             model=p.model_settings(),
-            dimension=dimension,
+            dimension=chunk_vectors.dimension,
             feature_names=list(FEATURE_NAMES),
             train_params=p.of_kind(Kind.TRAIN),
             n_labels=len(labels),
@@ -156,7 +156,7 @@ def train(target: Target, corpus: DocumentCorpus, p: EbmParams) -> None:
 def _labels(target: Target, p: EbmParams) -> LabelSet:
     project = target.project
     labels = vocabulary_labels(project.vocab.skos.graph, project.subjects,
-                               project.vocab_lang, p.use_altlabels)
+                               project.vocab_lang, p.texts.use_altlabels)
     if len(labels) == 0:
         raise NotSupportedException(
             f"vocabulary '{project.vocab.vocab_id}' has no usable labels in "
@@ -167,7 +167,7 @@ def _labels(target: Target, p: EbmParams) -> LabelSet:
 
 def _sample(target: Target, corpus: DocumentCorpus, p: EbmParams) -> Sample:
     """The ranker's sample; documents without text are skipped (counted)."""
-    chunker = Chunker(target.project.language, p.max_chunk_length, p.max_chunks)
+    chunker = Chunker(target.project.language, p.texts.max_chunk_length, p.texts.max_chunks)
     without_text = 0
 
     def subject_sets():
@@ -179,7 +179,7 @@ def _sample(target: Target, corpus: DocumentCorpus, p: EbmParams) -> Sample:
                 without_text += bool(doc.subject_set)
                 yield ()
 
-    sample = choose_documents(subject_sets(), p.max_train_docs)
+    sample = choose_documents(subject_sets(), p.ranker.max_train_docs)
     sample = dataclasses.replace(sample, n_without_text=without_text)
     target.info(sample.describe())
     if sample.n_selected == 0:
@@ -201,17 +201,17 @@ def _static_model(target: Target, p: EbmParams, files: model_files.RunFiles) -> 
     if not files.static_model_dir:
         return None
     name = files.static_model_dir
-    distill_static_model(p, os.path.join(target.datadir, model_files.tmp_name(name)))
+    distill_static_model(p.embedding, p.api, os.path.join(target.datadir, model_files.tmp_name(name)))
     return model_files.publish(target.datadir, name)
 
 
 def _chunk(corpus: DocumentCorpus, sample: Sample, run: TrainingRun, language: str,
            p: EbmParams, timer: StageTimer) -> None:
     """Chunk the sampled documents (then, for kNN, further ones) into the run."""
-    chunker = Chunker(language, p.max_chunk_length, p.max_chunks)
+    chunker = Chunker(language, p.texts.max_chunk_length, p.texts.max_chunks)
     passes = [("chunk train documents", sample.selected)]
-    if "knn" not in p.disabled_feature_families():
-        passes.append(("chunk kNN documents", sample.others(p.knn_docs)))
+    if "knn" not in disabled_families(p.features):
+        passes.append(("chunk kNN documents", sample.others(p.features.knn_docs)))
     for description, chosen in passes:
         documents = (doc for doc, keep in zip(_documents(corpus), chosen) if keep)
         with progress_bar(int(chosen.sum()), description, "doc") as bar:
@@ -225,48 +225,53 @@ def _chunk(corpus: DocumentCorpus, sample: Sample, run: TrainingRun, language: s
 
 def _embed(target: Target, labels: LabelSet, run: TrainingRun, p: EbmParams,
            files: model_files.RunFiles, location: str | None,
-           timer: StageTimer) -> tuple[int, str]:
+           timer: StageTimer) -> tuple[ChunkVectors, str]:
     """Embed the labels (written to the label store) and the run's chunks,
-    through the cache; return the dimension and where the label search runs."""
-    encoder = load_encoder(p, location)
+    through the cache; return the chunk vectors and where the label search runs."""
+    encoder = load_encoder(p.embedding, p.api, location)
     static_dir = files.static_model_dir
     vectors, embedded = run.cache.vectors(
-        labels.texts, cache.embedding_space(p, "document", static_dir), encoder.dimension,
-        encoder.encode_documents, "labels", True)
-    target.info(f"{len(labels)} labels: embedded {embedded} with {p.model}, "
+        labels.texts, cache.embedding_space(p.embedding, "document", static_dir),
+        encoder.dimension, encoder.encode_documents, "labels", True)
+    target.info(f"{len(labels)} labels: embedded {embedded} with {p.embedding.model}, "
                 f"{len(labels) - embedded} from the embedding cache")
     project = target.project
     write_store(
         os.path.join(target.datadir, model_files.tmp_name(files.store_file)),
-        labels, vectors, p.model,
+        labels, vectors, p.embedding.model,
         relations=vocabulary_relations(project.vocab.skos.graph, project.subjects),
-        hnsw=p.hnsw, hnsw_m=p.hnsw_m, hnsw_ef_construction=p.hnsw_ef_construction,
-        threads=p.duckdb_threads,
+        hnsw=p.retrieval.hnsw, hnsw_m=p.retrieval.hnsw_m,
+        hnsw_ef_construction=p.retrieval.hnsw_ef_construction,
+        threads=p.general.duckdb_threads,
     )
     model_files.publish(target.datadir, files.store_file)
     del vectors
     with timer.stage("embed"):
-        embedded = run.embed_chunks(cache.embedding_space(p, "query", static_dir),
-                                    encoder.dimension, encoder.encode_queries, True)
-    target.info(f"embedded {embedded} new chunks (the rest from the embedding cache)")
-    return encoder.dimension, encoder.search_device
+        chunk_vectors = run.embed_chunks(
+            cache.embedding_space(p.embedding, "query", static_dir),
+            encoder.dimension, encoder.encode_queries, True)
+    target.info(f"embedded {chunk_vectors.embedded} new chunks (the rest from the "
+                "embedding cache)")
+    return chunk_vectors, encoder.search_device
 
 
-def _match(target: Target, run: TrainingRun, sample: Sample, p: EbmParams,
-           files: model_files.RunFiles, search_device: str, timer: StageTimer) -> None:
+def _match(target: Target, run: TrainingRun, chunk_vectors: ChunkVectors, sample: Sample,
+           p: EbmParams, files: model_files.RunFiles, search_device: str,
+           timer: StageTimer) -> None:
     """Store the training documents for kNN and priors, then the sample's
     candidates (the sample's documents come first in the run)."""
     store_path = os.path.join(target.datadir, files.store_file)
     training = None
-    if p.uses_training_documents():
-        training = _training_documents(run)
-        write_training_documents(store_path, training, p.duckdb_threads)
+    if uses_training_documents(p.features):
+        training = _training_documents(run, chunk_vectors)
+        write_training_documents(store_path, training, p.general.duckdb_threads)
         target.info(f"stored {run.n_docs} training documents for kNN and priors")
-    store = LabelStore(store_path, p.duckdb_threads)
-    search = label_search(store, p.search, search_device, p.search_precision, p.ef_search)
-    matcher = Matcher(store, search, p, training, timer)
+    store = LabelStore(store_path, p.general.duckdb_threads)
+    r = p.retrieval
+    search = label_search(store, r.search, search_device, r.search_precision, r.ef_search)
+    matcher = Matcher(store, search, r.candidates_per_chunk, p.features, training, timer)
     with progress_bar(sample.n_selected, "train candidates", "doc") as bar:
-        for first, doc, position, n_chunks, vectors in run.chunk_batches(
+        for first, doc, position, n_chunks, vectors in chunk_vectors.batches(
                 TRAIN_BATCH_DOCS, sample.n_selected):
             own_docs = np.arange(first, first + len(n_chunks))
             candidates = matcher.match(doc, position, n_chunks, vectors, own_docs)
@@ -278,11 +283,9 @@ def _match(target: Target, run: TrainingRun, sample: Sample, p: EbmParams,
                 f"stage seconds: {timer.rounded()}")
 
 
-def _training_documents(run: TrainingRun) -> TrainingDocuments:
+def _training_documents(run: TrainingRun, chunk_vectors: ChunkVectors) -> TrainingDocuments:
     """The run's documents as pooled chunk vectors with their gold subjects."""
-    vectors = None
-    for first, doc, _, n_chunks, chunk_vectors in run.chunk_batches(TRAIN_BATCH_DOCS, run.n_docs):
-        if vectors is None:
-            vectors = np.zeros((run.n_docs, chunk_vectors.shape[1]), dtype=VECTOR_DTYPE)
-        vectors[first : first + len(n_chunks)] = pool_documents(doc, chunk_vectors, len(n_chunks))
+    vectors = np.zeros((run.n_docs, chunk_vectors.dimension), dtype=VECTOR_DTYPE)
+    for first, doc, _, n_chunks, batch in chunk_vectors.batches(TRAIN_BATCH_DOCS, run.n_docs):
+        vectors[first : first + len(n_chunks)] = pool_documents(doc, batch, len(n_chunks))
     return TrainingDocuments.from_pairs(vectors, *run.gold_pairs())

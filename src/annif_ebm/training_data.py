@@ -40,12 +40,42 @@ _METADATA_TABLE = "model_metadata"
 _CANDIDATE_COLUMNS = ", ".join(f"{name} FLOAT" for name in FEATURE_NAMES)
 
 
+class ChunkVectors:
+    """The chunk vectors of a run that has embedded its chunks (only
+    :meth:`TrainingRun.embed_chunks` makes one), read back by document ranges."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, dimension: int, n_docs: int,
+                 embedded: int) -> None:
+        self._con = con
+        self.dimension = dimension
+        self.n_docs = n_docs
+        self.embedded = embedded  # chunks the encoder embedded (the rest were cached)
+
+    def batches(self, docs_per_batch: int, n_docs: int) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+        """(first document, doc offsets, positions, n_chunks, vectors) per
+        range of ``docs_per_batch`` of the first ``n_docs`` documents; docs
+        are relative to the first."""
+        for first in range(0, min(n_docs, self.n_docs), docs_per_batch):
+            last = min(first + docs_per_batch, n_docs, self.n_docs)
+            arrow = self._con.execute(
+                "SELECT doc, pos, vec FROM chunk_vectors WHERE doc >= ? AND doc < ? "
+                "ORDER BY doc, pos", [first, last]
+            ).to_arrow_table()
+            doc = (arrow.column("doc").to_numpy() - first).astype(np.uint32)
+            position = arrow.column("pos").to_numpy().astype(np.uint32)
+            flat = arrow.column("vec").combine_chunks().values.to_numpy()
+            # a copy: Arrow's buffers are read-only, and torch warns of those
+            vectors = flat.reshape(len(doc), self.dimension).astype(np.float32)
+            n_chunks = np.bincount(doc, minlength=last - first)
+            yield first, doc, position, n_chunks, vectors
+
+
 class TrainingRun:
     """The on-disk state of one training run, in two phases: documents are
     added (their chunks and gold subjects) while :attr:`cache` is open, the
     embedding cache that also gives the labels' vectors; :meth:`embed_chunks`
-    closes it, and from then on the run hands out chunk vectors
-    (:meth:`chunk_batches`) and takes candidates."""
+    closes it and returns the :class:`ChunkVectors`; then the run takes
+    candidates."""
 
     def __init__(self, datadir: str, threads: int = 0) -> None:
         self.datadir = datadir
@@ -62,7 +92,6 @@ class TrainingRun:
         )
         self.n_docs = 0
         self.n_rows = 0
-        self._dimension = None  # of the chunk vectors, once embedded
 
     # ---- documents ----
 
@@ -92,9 +121,9 @@ class TrainingRun:
     # ---- embedding through the cache ----
 
     def embed_chunks(self, space: dict, dimension: int, encode: Encode,
-                     progress: bool = False) -> int:
+                     progress: bool = False) -> ChunkVectors:
         """Embed the chunks not in the cache yet, take every chunk's vector
-        into the run and close the cache; return how many were embedded."""
+        into the run and close the cache."""
         table, embedded = self.cache.fill("SELECT text FROM chunks", space, dimension, encode,
                                           "train chunks", progress)
         self._con.execute(f"CREATE TABLE chunk_vectors (doc BIGINT, pos INTEGER, vec FLOAT[{dimension}])")
@@ -115,28 +144,7 @@ class TrainingRun:
         self._con.execute("DROP TABLE chunks")
         self.cache.close()
         self._con.execute("CHECKPOINT")
-        self._dimension = dimension
-        return embedded
-
-    def chunk_batches(self, docs_per_batch: int, n_docs: int) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
-        """(first document, doc offsets, positions, n_chunks, vectors) per
-        range of ``docs_per_batch`` of the first ``n_docs`` documents; docs
-        are relative to the first."""
-        if self._dimension is None:
-            raise RuntimeError("chunk vectors are there only after embed_chunks")
-        for first in range(0, min(n_docs, self.n_docs), docs_per_batch):
-            last = min(first + docs_per_batch, n_docs, self.n_docs)
-            arrow = self._con.execute(
-                "SELECT doc, pos, vec FROM chunk_vectors WHERE doc >= ? AND doc < ? "
-                "ORDER BY doc, pos", [first, last]
-            ).to_arrow_table()
-            doc = (arrow.column("doc").to_numpy() - first).astype(np.uint32)
-            position = arrow.column("pos").to_numpy().astype(np.uint32)
-            flat = arrow.column("vec").combine_chunks().values.to_numpy()
-            # a copy: Arrow's buffers are read-only, and torch warns of those
-            vectors = flat.reshape(len(doc), self._dimension).astype(np.float32)
-            n_chunks = np.bincount(doc, minlength=last - first)
-            yield first, doc, position, n_chunks, vectors
+        return ChunkVectors(self._con, dimension, self.n_docs, embedded)
 
     def gold_pairs(self) -> tuple[np.ndarray, np.ndarray]:
         """(document, concept_id) of every gold subject."""
@@ -254,9 +262,5 @@ def candidate_batches(path: str, workdir: str,
     except duckdb.Error as err:
         advice = "; train without --cached to collect them again" if cached else ""
         raise OperationFailedException(
-            f"cannot read training candidates {path}: {_first_line(err)}{advice}"
+            f"cannot read training candidates {path}: {duckdb_pool.error_line(err)}{advice}"
         ) from err
-
-
-def _first_line(err: Exception) -> str:
-    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
