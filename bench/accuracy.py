@@ -148,6 +148,7 @@ def main() -> None:
         row.update(suggest_docs_s=report["docs_per_s"], suggest_rss_mb=run["peak_rss_mb"])
         ranked = metrics.read_predictions(str(predictions), len(gold))
         row.update(metrics.evaluate(ranked, gold))
+        row["Seen-R@5"] = metrics.seen_recall(ranked, gold, seen)
         row["Unseen-R@5"] = metrics.unseen_recall(ranked, gold, seen)
         rows.append(row)
         print(json.dumps(row), flush=True)
@@ -157,7 +158,8 @@ def main() -> None:
                                   args.reference_trained or workdir / "ebm4subjects", gold,
                                   seen, trained=args.reference_trained is not None))
 
-    columns = ["system", "F1@5", "NDCG", "Precision@1", "Recall@5", "Unseen-R@5", "train_s",
+    columns = ["system", "F1@5", "NDCG", "Precision@1", "Recall@5", "Seen-R@5", "Unseen-R@5",
+               "train_s",
                "train_rss_mb", "suggest_docs_s", "suggest_rss_mb"]
     text = "\n".join([
         f"# Accuracy: {args.dataset}", "",
@@ -167,8 +169,9 @@ def main() -> None:
         f"- command: `python bench/{Path(__file__).name} {' '.join(sys.argv[1:])}`",
         "- train_s / *_rss_mb: wall time and peak RSS of the whole `annif train` / suggest "
         "process; suggest_docs_s excludes model loading",
-        f"- Unseen-R@5: recall@5 over the validate gold subjects that no training document has "
-        f"({sum(len(g - seen) for g in gold)} of {sum(len(g) for g in gold)})", "",
+        f"- Unseen-R@5 / Seen-R@5: recall@5 over the validate gold subjects that no / some "
+        f"training document has ({sum(len(g - seen) for g in gold)} / "
+        f"{sum(len(g & seen) for g in gold)} of {sum(len(g) for g in gold)})", "",
         markdown_table(rows, columns), "",
     ])
     RESULTS.mkdir(exist_ok=True)
@@ -199,6 +202,7 @@ def reference_row(python, vocab, train, validate, refdir, gold, seen, trained=Fa
            "suggest_rss_mb": suggested["peak_rss_mb"]}
     ranked = metrics.read_predictions(str(refdir / "predictions.tsv"), len(gold))
     row.update(metrics.evaluate(ranked, gold))
+    row["Seen-R@5"] = metrics.seen_recall(ranked, gold, seen)
     row["Unseen-R@5"] = metrics.unseen_recall(ranked, gold, seen)
     return row
 

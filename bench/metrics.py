@@ -66,9 +66,18 @@ def evaluate(ranked: list[list[str]], gold: list[set[str]], ndcg_limit: int = 10
 def unseen_recall(ranked: list[list[str]], gold: list[set[str]], seen: set[str], k: int = 5) -> float | None:
     """Recall@k over the gold subjects that no training document has (micro:
     found unseen gold subjects / all unseen gold subjects); None if none."""
+    return _recall_of(ranked, [truth - seen for truth in gold], k)
+
+
+def seen_recall(ranked: list[list[str]], gold: list[set[str]], seen: set[str], k: int = 5) -> float | None:
+    """Recall@k over the gold subjects that some training document has
+    (micro, as :func:`unseen_recall`); None if none."""
+    return _recall_of(ranked, [truth & seen for truth in gold], k)
+
+
+def _recall_of(ranked: list[list[str]], wanted: list[set[str]], k: int) -> float | None:
     found = total = 0
-    for preds, truth in zip(ranked, gold):
-        unseen = truth - seen
-        total += len(unseen)
-        found += len(unseen & set(preds[:k]))
+    for preds, truth in zip(ranked, wanted):
+        total += len(truth)
+        found += len(truth & set(preds[:k]))
     return found / total if total else None

@@ -50,3 +50,16 @@ def test_unseen_recall_counts_only_subjects_absent_from_training():
     assert metrics.unseen_recall(ranked, gold, seen={"a", "b"}) == pytest.approx(2 / 3)
     assert metrics.unseen_recall(ranked, gold, seen={"a", "x", "y", "z"}) is None
     assert metrics.unseen_recall(ranked, gold, seen=set(), k=1) == pytest.approx(2 / 5)
+
+
+def test_seen_recall_counts_only_subjects_some_training_document_has():
+    ranked = [["a", "x", "b"], ["y"], []]
+    gold = [{"a", "x", "z"}, {"y"}, {"a"}]
+    # seen: a (doc 0) and a (doc 2); found in the top 5: the first only
+    assert metrics.seen_recall(ranked, gold, seen={"a", "b"}) == pytest.approx(1 / 2)
+    assert metrics.seen_recall(ranked, gold, seen=set()) is None
+    # together the two halves count every gold subject once
+    seen = {"a", "y"}
+    found = (metrics.seen_recall(ranked, gold, seen) * 3
+             + metrics.unseen_recall(ranked, gold, seen) * 2)
+    assert found == pytest.approx(3)
