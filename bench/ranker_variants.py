@@ -1,0 +1,172 @@
+"""Ranker variants on one trained ebm project, tuned on validate (issue 18).
+
+The candidates do not depend on the ranker: the training candidates are the
+project's ``ebm-train.duckdb`` (written by ``annif train``), the validate
+candidates are collected once with the project's own store, encoder and
+matcher and kept in WORKDIR/validate-candidates-PROJECT.parquet. Each variant
+then only fits a ranker and scores them.
+
+  python bench/ranker_variants.py tibcore-en --workdir bench/work/tibcore-en \\
+      --variants binary "binary,unseen_weight=3" rank:ndcg
+
+A variant is an XGBoost objective, then comma-separated settings:
+``unseen_weight=W`` (weight of the gold candidates with no training document
+of their subject, prior 0), ``rounds=N``, ``depth=N``, ``eta=X``.
+Writes bench/results/ranker-variants-DATASET-DATE[-TAG].md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+import metrics
+from common import BENCH, DATA_ROOT, DATASETS, RESULTS, machine_facts, markdown_table
+
+
+def training_candidates(datadir: Path, project: str) -> pl.DataFrame:
+    import duckdb
+
+    from annif_ebm.features import FEATURE_NAMES
+    from annif_ebm.model_files import TRAIN_FILE
+
+    path = datadir / "projects" / project / TRAIN_FILE
+    with duckdb.connect(str(path), read_only=True) as con:
+        return con.execute(f"SELECT doc, {', '.join(FEATURE_NAMES)}, gold FROM candidates "
+                           "ORDER BY doc, concept_id").pl()
+
+
+def validate_candidates(project_id: str, texts: list[str], cache: Path) -> pl.DataFrame:
+    """Candidates of every validate text, with their concept's URI."""
+    if cache.exists():
+        return pl.read_parquet(cache)
+    from annif_ebm import suggest
+    from annif_ebm.matcher import Matcher
+    from annif_ebm.timing import StageTimer
+    from common import annif_project
+
+    frames = []
+    with annif_project(project_id) as project:
+        backend = project.backend
+        model = backend._load_model()
+        p = backend._parse(backend.params).with_stored_model(model.metadata.model)
+        static = model.metadata.static_model_dir
+        encoder = backend._encoder_for(p, os.path.join(backend.datadir, static) if static else None)
+        timer = StageTimer()
+        matcher = Matcher(model.store, model.search(p.retrieval, encoder.search_device),
+                          p.retrieval.candidates_per_chunk, p.features,
+                          model.training_documents(p.features), timer)
+        chunker = backend._chunker_for(p)
+        for first in range(0, len(texts), 32):
+            found = suggest.candidates(texts[first:first + 32], chunker, encoder, matcher, timer)
+            frames.append(found.with_columns(doc=pl.col("doc").cast(pl.Int64) + first))
+        frame = pl.concat(frames)
+        uris = [project.subjects[int(i)].uri for i in frame["concept_id"].to_list()]
+    frame = frame.with_columns(uri=pl.Series(uris, dtype=pl.String))
+    frame.write_parquet(cache)
+    return frame
+
+
+def parse_variant(text: str) -> dict:
+    objective, *settings = text.split(",")
+    variant = {"name": text, "objective": objective, "unseen_weight": 1.0,
+               "rounds": 300, "depth": 6, "eta": 0.05}
+    for setting in settings:
+        key, value = setting.split("=")
+        variant[key] = type(variant[key])(value)
+    return variant
+
+
+def fit(train: pl.DataFrame, variant: dict, threads: int):
+    import xgboost as xgb
+
+    from annif_ebm.features import FEATURE_NAMES
+
+    features = train.select(FEATURE_NAMES).to_numpy().astype(np.float32)
+    gold = train["gold"].to_numpy().astype(np.float32)
+    prior = np.nan_to_num(train["prior"].to_numpy(), nan=0.0)
+    weight = np.where((gold > 0) & (prior == 0), variant["unseen_weight"], 1.0)
+    ranking = variant["objective"].startswith("rank:")
+    data = xgb.DMatrix(features, label=gold, feature_names=list(FEATURE_NAMES),
+                       qid=train["doc"].to_numpy() if ranking else None,
+                       weight=None if ranking else weight)
+    if ranking and variant["unseen_weight"] != 1.0:
+        raise SystemExit("unseen_weight applies to per-row objectives only")
+    params = {"objective": variant["objective"], "eta": variant["eta"],
+              "max_depth": variant["depth"], "subsample": 0.8, "tree_method": "hist",
+              "nthread": threads, "seed": 42}
+    return xgb.train(params, data, num_boost_round=variant["rounds"])
+
+
+def ranked_uris(found: pl.DataFrame, scores: np.ndarray, n_docs: int) -> list[list[str]]:
+    top = (found.select("doc", "uri").with_columns(score=pl.Series(scores))
+           .sort(["doc", "score"], descending=[False, True])
+           .group_by("doc", maintain_order=True).head(10))
+    ranked = [[] for _ in range(n_docs)]
+    for doc, uri in top.select("doc", "uri").iter_rows():
+        ranked[doc].append(uri.strip("<>"))
+    return ranked
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("dataset", choices=sorted(DATASETS))
+    parser.add_argument("--workdir", type=Path, required=True,
+                        help="a bench/accuracy.py workdir with the project trained")
+    parser.add_argument("--project", default="ebm")
+    parser.add_argument("--variants", nargs="+", default=["binary:logistic"])
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--tag", default="")
+    args = parser.parse_args()
+    _, train_name, validate_name = DATASETS[args.dataset]
+    train_tsv = DATA_ROOT / args.dataset / train_name
+    validate_tsv = DATA_ROOT / args.dataset / validate_name
+    workdir = args.workdir.resolve()
+    os.environ.update(ANNIF_PROJECTS=str(workdir / "projects.cfg"),
+                      ANNIF_DATADIR=str(workdir / "data"),
+                      NLTK_DATA=str(workdir / "nltk_data"), HF_HUB_OFFLINE="1")
+    with open(validate_tsv, encoding="utf-8") as file:
+        texts = [line.split("\t", 1)[0] for line in file if "\t" in line]
+    gold = metrics.read_gold(str(validate_tsv))
+    seen = set().union(*metrics.read_gold(str(train_tsv)))
+    found = validate_candidates(args.project, texts,
+                                workdir / f"validate-candidates-{args.project}.parquet")
+    train = training_candidates(workdir / "data", args.project)
+    from annif_ebm.features import FEATURE_NAMES
+
+    validate_features = found.select(FEATURE_NAMES).to_numpy().astype(np.float32)
+    rows = []
+    for text in args.variants:
+        variant = parse_variant(text)
+        booster = fit(train, variant, args.threads)
+        scores = booster.inplace_predict(validate_features)
+        ranked = ranked_uris(found, scores, len(gold))
+        row = {"variant": variant["name"], **metrics.evaluate(ranked, gold),
+               "Seen-R@5": metrics.seen_recall(ranked, gold, seen),
+               "Unseen-R@5": metrics.unseen_recall(ranked, gold, seen)}
+        rows.append(row)
+        print(row, flush=True)
+    columns = ["variant", "F1@5", "NDCG", "Precision@1", "Recall@5", "Seen-R@5", "Unseen-R@5"]
+    text = "\n".join([
+        f"# Ranker variants: {args.dataset}", "", *machine_facts(),
+        f"- candidates: {train.height} training rows from `{args.project}`'s "
+        f"`ebm-train.duckdb`, {found.height} validate rows ({len(gold)} documents)",
+        f"- command: `python bench/{Path(__file__).name} {' '.join(sys.argv[1:])}`", "",
+        markdown_table(rows, columns), ""])
+    RESULTS.mkdir(exist_ok=True)
+    tag = f"-{args.tag}" if args.tag else ""
+    out = RESULTS / f"ranker-variants-{args.dataset}-{datetime.date.today()}{tag}.md"
+    out.write_text(text, encoding="utf-8")
+    print(text)
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(BENCH))
+    main()
