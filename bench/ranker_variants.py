@@ -11,7 +11,11 @@ then only fits a ranker and scores them.
 
 A variant is an XGBoost objective, then comma-separated settings:
 ``unseen_weight=W`` (weight of the gold candidates with no training document
-of their subject, prior 0), ``rounds=N``, ``depth=N``, ``eta=X``.
+of their subject, prior 0), ``rounds=N``, ``depth=N``, ``eta=X``;
+``blend=L``: the score is (1 - L) x this ranker's + L x a label-only
+ranker's (trained on the label-match candidates with the kNN, prior,
+hierarchy and label features left out, as ebm-labels-only sees them);
+``blend_max=A``: the larger of this ranker's score and A x the label-only one.
 Writes bench/results/ranker-variants-DATASET-DATE[-TAG].md.
 """
 
@@ -76,7 +80,7 @@ def validate_candidates(project_id: str, texts: list[str], cache: Path) -> pl.Da
 def parse_variant(text: str) -> dict:
     objective, *settings = text.split(",")
     variant = {"name": text, "objective": objective, "unseen_weight": 1.0,
-               "rounds": 300, "depth": 6, "eta": 0.05}
+               "rounds": 300, "depth": 6, "eta": 0.05, "blend": 0.0, "blend_max": 0.0}
     for setting in settings:
         key, value = setting.split("=")
         variant[key] = type(variant[key])(value)
@@ -102,6 +106,25 @@ def fit(train: pl.DataFrame, variant: dict, threads: int):
               "max_depth": variant["depth"], "subsample": 0.8, "tree_method": "hist",
               "nthread": threads, "seed": 42}
     return xgb.train(params, data, num_boost_round=variant["rounds"])
+
+
+def label_only(frame: pl.DataFrame) -> pl.DataFrame:
+    """The candidates as the label-only model sees them: label matches only,
+    without the kNN, prior, hierarchy and label features."""
+    from annif_ebm.features import FEATURE_FAMILIES
+
+    off = [name for names in FEATURE_FAMILIES.values() for name in names]
+    return frame.with_columns([pl.lit(None, dtype=pl.Float32).alias(n) for n in off])
+
+
+def label_only_scores(train: pl.DataFrame, found: pl.DataFrame, threads: int) -> np.ndarray:
+    from annif_ebm.features import FEATURE_NAMES
+
+    booster = fit(label_only(train.filter(pl.col("max_score").is_not_null())),
+                  parse_variant("binary:logistic"), threads)
+    features = label_only(found).select(FEATURE_NAMES).to_numpy().astype(np.float32)
+    scores = booster.inplace_predict(features)
+    return np.where(found["max_score"].is_null().to_numpy(), 0.0, scores)
 
 
 def ranked_uris(found: pl.DataFrame, scores: np.ndarray, n_docs: int) -> list[list[str]]:
@@ -142,11 +165,18 @@ def main() -> None:
     from annif_ebm.features import FEATURE_NAMES
 
     validate_features = found.select(FEATURE_NAMES).to_numpy().astype(np.float32)
-    rows = []
+    rows, label_scores = [], None
     for text in args.variants:
         variant = parse_variant(text)
         booster = fit(train, variant, args.threads)
         scores = booster.inplace_predict(validate_features)
+        if variant["blend"] or variant["blend_max"]:
+            if label_scores is None:
+                label_scores = label_only_scores(train, found, args.threads)
+            if variant["blend"]:
+                scores = (1 - variant["blend"]) * scores + variant["blend"] * label_scores
+            else:
+                scores = np.maximum(scores, variant["blend_max"] * label_scores)
         ranked = ranked_uris(found, scores, len(gold))
         row = {"variant": variant["name"], **metrics.evaluate(ranked, gold),
                "Seen-R@5": metrics.seen_recall(ranked, gold, seen),
