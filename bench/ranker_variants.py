@@ -11,7 +11,8 @@ then only fits a ranker and scores them.
 
 A variant is an XGBoost objective, then comma-separated settings:
 ``unseen_weight=W`` (weight of the gold candidates with no training document
-of their subject, prior 0), ``rounds=N``, ``depth=N``, ``eta=X``;
+of their subject, prior 0), ``unseen_label=L`` (their relevance for the
+``rank:`` objectives: above the other gold subjects' 1), ``rounds=N``, ``depth=N``, ``eta=X``;
 ``blend=L``: the score is (1 - L) x this ranker's + L x a label-only
 ranker's (trained on the label-match candidates with the kNN, prior,
 hierarchy and label features left out, as ebm-labels-only sees them);
@@ -79,7 +80,7 @@ def validate_candidates(project_id: str, texts: list[str], cache: Path) -> pl.Da
 
 def parse_variant(text: str) -> dict:
     objective, *settings = text.split(",")
-    variant = {"name": text, "objective": objective, "unseen_weight": 1.0,
+    variant = {"name": text, "objective": objective, "unseen_weight": 1.0, "unseen_label": 1.0,
                "rounds": 300, "depth": 6, "eta": 0.05, "blend": 0.0, "blend_max": 0.0}
     for setting in settings:
         key, value = setting.split("=")
@@ -95,8 +96,11 @@ def fit(train: pl.DataFrame, variant: dict, threads: int):
     features = train.select(FEATURE_NAMES).to_numpy().astype(np.float32)
     gold = train["gold"].to_numpy().astype(np.float32)
     prior = np.nan_to_num(train["prior"].to_numpy(), nan=0.0)
-    weight = np.where((gold > 0) & (prior == 0), variant["unseen_weight"], 1.0)
+    unseen_gold = (gold > 0) & (prior == 0)
+    weight = np.where(unseen_gold, variant["unseen_weight"], 1.0)
     ranking = variant["objective"].startswith("rank:")
+    if ranking:
+        gold = np.where(unseen_gold, variant["unseen_label"], gold)
     data = xgb.DMatrix(features, label=gold, feature_names=list(FEATURE_NAMES),
                        qid=train["doc"].to_numpy() if ranking else None,
                        weight=None if ranking else weight)

@@ -31,3 +31,33 @@ def test_candidates_stay_with_their_documents(tmp_path, embedder):
     assert candidates.filter(candidates["doc"] == 1)["n_chunks"].to_list()[0] == 2
     assert set(timer.seconds) == {"chunk", "embed", "search", "features"}
     assert suggest_candidates([], chunker, embedder, matcher, timer).height == 0
+
+
+def test_the_document_vector_is_one_more_query(tmp_path, embedder):
+    """doc_query_score is the similarity of the concept's label to the mean
+    of the document's chunk vectors (normalised); doc_query_rank its rank
+    among that query's labels; the family switched off leaves both missing."""
+    labels = LabelSet(TEXTS, np.arange(4, dtype=np.int32) + 100, np.ones(4, dtype=bool))
+    path = tmp_path / "labels.duckdb"
+    label_vectors = embedder.encode_documents(TEXTS)
+    write_store(str(path), labels, label_vectors, "m")
+    store = LabelStore(str(path))
+    text = "Training deep neural networks. Unemployment and the labour market."
+    chunker = Chunker("en", 40, 100)
+    chunks = chunker.chunk(text)
+    assert len(chunks) == 2
+    pooled = embedder.encode_queries(chunks).mean(axis=0)
+    pooled /= np.linalg.norm(pooled)
+    expected = label_vectors @ pooled
+    for switch in ("true", "false"):
+        params = EbmParams.parse({"candidates_per_chunk": "4", "use_document_query": switch})
+        timer = StageTimer()
+        matcher = Matcher(store, label_search(store, "exact"), 4, params.features, None, timer)
+        found = suggest_candidates([text], chunker, embedder, matcher, timer).sort("concept_id")
+        assert found["concept_id"].to_list() == [100, 101, 102, 103]
+        if switch == "false":
+            assert found["doc_query_score"].null_count() == 4
+            continue
+        np.testing.assert_allclose(found["doc_query_score"].to_numpy(), expected, atol=1e-5)
+        order = np.argsort(-expected, kind="stable")
+        assert found["doc_query_rank"].to_numpy()[order].tolist() == [0.0, 1.0, 2.0, 3.0]

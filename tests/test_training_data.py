@@ -92,9 +92,11 @@ def test_candidates_are_labelled_with_gold_and_published(tmp_path, embedder):
     assert not os.path.exists(tmp_path / TRAIN_FILE)  # not before the ranker is saved
     assert stored_metadata(path) == {"store_file": "ebm-labels-x.duckdb"}
     batches = list(candidate_batches(path, str(tmp_path)))
-    features = np.concatenate([f for f, _ in batches])
-    gold = np.concatenate([g for _, g in batches])
+    features = np.concatenate([f for f, _, _ in batches])
+    gold = np.concatenate([g for _, g, _ in batches])
+    docs = np.concatenate([d for _, _, d in batches])
     assert gold.tolist() == [True, False, True, True, False]
+    assert docs.tolist() == [0, 0, 1, 2, 2]  # the ranker's query groups
     assert features.shape == (5, len(FEATURE_NAMES))
     assert features[0].tolist() == [float(i) for i in range(len(FEATURE_NAMES))]
     run.publish()
@@ -112,7 +114,7 @@ def test_missing_features_are_read_back_as_nan(tmp_path, embedder):
         pl.when(pl.col("concept_id") == 8).then(None).otherwise(pl.col(FEATURE_NAMES[-1]))
         .alias(FEATURE_NAMES[-1]))
     run.add_candidates(0, 2, rows)
-    features, gold = next(candidate_batches(run.finish({}), str(tmp_path)))
+    features, gold, _ = next(candidate_batches(run.finish({}), str(tmp_path)))
     assert features.dtype == np.float32 and gold.tolist() == [True, True]
     assert features[0, -1] == len(FEATURE_NAMES) - 1 and np.isnan(features[1, -1])
     assert not np.isnan(features[:, :-1]).any()
@@ -154,7 +156,7 @@ def test_a_run_larger_than_its_memory_limit_joins_and_reads_back_in_order(tmp_pa
 
 
 def test_candidates_of_five_times_the_pool_are_stored_and_read_back(tmp_path, monkeypatch):
-    # 27,648 documents x 50 candidates = 1.4M rows of 28 features (171 MB,
+    # 27,648 documents x 50 candidates = 1.4M rows of 30 features (180 MB,
     # 5x the 32 MB pool), written as training writes them (256 documents at a
     # time) and read back for the ranker in bounded batches of whole
     # documents, in order. Read under the pool of a read-only connection
@@ -177,10 +179,11 @@ def test_candidates_of_five_times_the_pool_are_stored_and_read_back(tmp_path, mo
     assert n_docs * per_doc * (8 + 4 + 4 * len(FEATURE_NAMES)) > 5 * 32 * 2**20
     rows = gold_rows = 0
     last_doc = -1.0
-    for features, gold in candidate_batches(path, str(tmp_path)):
-        assert len(gold) <= training_data.RANKER_BATCH_ROWS
+    for features, gold, docs in candidate_batches(path, str(tmp_path)):
+        assert len(gold) <= training_data.ranker_batch_rows()
         assert len(gold) % per_doc == 0  # whole documents
         assert (np.diff(features[:, 0]) >= 0).all() and features[0, 0] > last_doc
+        assert (np.diff(docs) >= 0).all() and len(np.unique(docs)) == len(gold) // per_doc
         last_doc = features[-1, 0]
         rows += len(gold)
         gold_rows += int(gold.sum())

@@ -47,6 +47,9 @@ FEATURE_NAMES = (
     "narrower_best",
     "related_best",
     "related_candidates",  # candidates linked to the concept by any relation
+    # document family: the whole document (its mean chunk vector) as one more query
+    "doc_query_score",  # similarity of the concept's best label to the document vector
+    "doc_query_rank",  # rank of that label among the document vector's nearest labels
 )
 
 # Features that a switch in the parameters turns off (they are then missing,
@@ -56,6 +59,7 @@ FEATURE_FAMILIES = {
     "knn": ("knn_score_sum", "knn_count", "knn_best", "knn_rank", "knn_share"),
     "prior": ("prior",),
     "hierarchy": ("broader_best", "narrower_best", "related_best", "related_candidates"),
+    "document": ("doc_query_score", "doc_query_rank"),
 }
 
 
@@ -66,6 +70,7 @@ def disabled_families(settings: FeatureSettings) -> tuple[str, ...]:
         "knn": settings.knn_neighbors > 0,
         "prior": settings.use_prior,
         "hierarchy": settings.use_hierarchy,
+        "document": settings.use_document_query,
     }
     return tuple(family for family in FEATURE_FAMILIES if not switches[family])
 
@@ -215,6 +220,25 @@ def hierarchy_features(candidates: pl.DataFrame, relations: pl.DataFrame) -> pl.
     return candidates.drop(FEATURE_FAMILIES["hierarchy"], strict=False).join(
         linked, on=["doc", "concept_id"], how="left").with_columns(
         pl.col("related_candidates").fill_null(0.0))
+
+
+def document_query_features(candidates: pl.DataFrame, doc: np.ndarray,
+                            concept_id: np.ndarray, score: np.ndarray,
+                            rank: np.ndarray) -> pl.DataFrame:
+    """Join the hits of the document vectors (one query per document: hit
+    ``i`` is label of concept ``concept_id[i]`` found for document ``doc[i]``
+    at ``rank[i]``) onto the candidates as the document family's features;
+    candidates the document query did not reach have them missing."""
+    hits = pl.DataFrame({
+        "doc": pl.Series(doc, dtype=pl.UInt32),
+        "concept_id": pl.Series(concept_id, dtype=pl.Int32),
+        "doc_query_score": pl.Series(score, dtype=pl.Float32),
+        "doc_query_rank": pl.Series(rank, dtype=pl.Float32),
+    }).group_by("doc", "concept_id").agg(pl.col("doc_query_score").max(),
+                                        pl.col("doc_query_rank").min())
+    return candidates.with_columns(pl.col("doc").cast(pl.UInt32),
+                                   pl.col("concept_id").cast(pl.Int32)).join(
+        hits, on=["doc", "concept_id"], how="left")
 
 
 def finish_features(candidates: pl.DataFrame, disabled: tuple[str, ...] = ()) -> pl.DataFrame:

@@ -12,8 +12,8 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
-from .features import (candidate_features, disabled_families, finish_features,
-                       hierarchy_features, hits_frame, merge_candidates)
+from .features import (candidate_features, disabled_families, document_query_features,
+                       finish_features, hierarchy_features, hits_frame, merge_candidates)
 from .knn import TrainingDocuments, pool_documents
 from .params import FeatureSettings
 from .search import LabelSearch
@@ -44,9 +44,11 @@ class Matcher:
         documents, left out of its own kNN neighbours and prior."""
         p, disabled, training = self.features, self.disabled, self.training
         candidates = self._label_matches(doc, position, n_chunks, vectors)
+        pooled = pool_documents(doc, vectors, len(n_chunks))
+        if "document" not in disabled:
+            candidates = self._document_query(candidates, pooled, n_chunks)
         if training is not None and "knn" not in disabled:
             with self.timer.stage("knn"):
-                pooled = pool_documents(doc, vectors, len(n_chunks))
                 knn = training.candidates(pooled, p.knn_neighbors, p.knn_candidates, own_docs)
                 candidates = merge_candidates(candidates, knn, n_chunks)
         with self.timer.stage("features"):
@@ -57,6 +59,18 @@ class Matcher:
             if len(self.store.relations) and "hierarchy" not in disabled:
                 candidates = hierarchy_features(candidates, self.store.relations.frame())
             return finish_features(candidates, disabled)
+
+    def _document_query(self, candidates: pl.DataFrame, pooled: np.ndarray,
+                        n_chunks: np.ndarray) -> pl.DataFrame:
+        """The document family: each document's mean chunk vector searched
+        as one more query, its hits joined onto the label-match candidates."""
+        with_chunks = np.flatnonzero(n_chunks > 0)
+        with self.timer.stage("search"):
+            query, label, score = self.search.search(pooled[with_chunks], self.per_chunk)
+            rank = np.arange(len(query)) - np.searchsorted(query, query)
+        with self.timer.stage("features"):
+            return document_query_features(candidates, with_chunks[query],
+                                           self.store.concept_ids[label], score, rank)
 
     def _label_matches(self, doc: np.ndarray, position: np.ndarray,
                        n_chunks: np.ndarray, vectors: np.ndarray) -> pl.DataFrame:

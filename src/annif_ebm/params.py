@@ -353,6 +353,11 @@ class FeatureSettings:
         True, Kind.MODEL, _bool,
         "features: tokens of the matched label, number of labels of the concept",
     )
+    use_document_query: bool = _param(
+        True, Kind.MODEL, _bool,
+        "features: similarity of each candidate's labels to the whole document "
+        "(the mean of its chunk vectors searched as one more query)",
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -365,6 +370,20 @@ class RankerSettings:
         _int_at_least(0),
         "train the ranker on at most N documents (it saturates early): half chosen "
         "to cover as many distinct gold subjects as possible, half at random; 0 = all",
+    )
+    xgb_objective: str = _param(
+        "pairwise",
+        Kind.TRAIN,
+        _choice("pairwise", "binary"),
+        "pairwise: learn to order each training document's candidates (XGBoost "
+        "rank:pairwise, documents as query groups), then map the ranking scores "
+        "to probabilities fitted on the training candidates; binary: classify "
+        "each candidate on its own (binary:logistic)",
+    )
+    unseen_relevance: float = _param(
+        2.0, Kind.TRAIN, _float_in(1.0, 100.0),
+        "pairwise: relevance of a gold subject that no other training document "
+        "has, where the others' is 1 (higher favours the long tail; needs use_prior)",
     )
     xgb_rounds: int = _param(300, Kind.TRAIN, _int_at_least(1), "boosting rounds")
     xgb_eta: float = _param(0.05, Kind.TRAIN, _float_in(1e-6, 1.0), "learning rate")

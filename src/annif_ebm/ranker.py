@@ -1,13 +1,21 @@
 """Stage 6: the XGBoost model that scores candidate concepts.
 
+Two objectives: ``pairwise`` learns the order of each training document's
+candidates (the documents are XGBoost's query groups), and a logistic curve
+fitted on the training candidates maps its ranking scores to probabilities
+(Platt scaling), so that thresholds and ensembles see the same scale as
+``binary``, which classifies each candidate on its own.
+
 Saved in XGBoost's own UBJSON format (never pickle), with the feature names
-inside, so a model from another feature set is refused rather than misread.
+and the curve inside, so a model from another feature set is refused rather
+than misread.
 Training reads the candidates batch by batch through XGBoost's external-memory
 data (pages cached on disk), so it never holds all training rows at once.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -23,6 +31,14 @@ from .features import FEATURE_NAMES
 from .model_files import XGB_CACHE_PREFIX
 from .params import RankerSettings
 from .progress import progress_bar
+
+# booster attribute with the (slope, intercept) of a pairwise ranker's curve
+CALIBRATION_ATTR = "ebm_calibration"
+# training rows the curve is fitted on, at most (every k-th row beyond)
+CALIBRATION_ROWS = 1_000_000
+
+# (features, gold flags, document ids in ascending order) of training rows
+Batches = Callable[[], Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]]
 
 
 def xgboost_message(err: Exception) -> str:
@@ -41,16 +57,21 @@ class NothingToLearnError(OperationFailedException):
 class Ranker:
     def __init__(self, booster: xgb.Booster) -> None:
         self.booster = booster
+        # the booster's features among FEATURE_NAMES: a model trained before
+        # a feature was added reads the columns it knows
+        self.columns = [FEATURE_NAMES.index(name) for name in booster.feature_names]
+        curve = booster.attr(CALIBRATION_ATTR)
+        self.calibration = tuple(json.loads(curve)) if curve else None
         self._lock = threading.Lock()
         self._threads = None
 
     @classmethod
-    def train(cls, batches: Callable[[], Iterator[tuple[np.ndarray, np.ndarray]]],
-              params: RankerSettings, workdir: str) -> Ranker:
-        """Train on ``batches()``: a fresh iterator of (features, gold flags)
-        per call. XGBoost's page cache lives in a temporary folder in ``workdir``."""
+    def train(cls, batches: Batches, params: RankerSettings, workdir: str) -> Ranker:
+        """Train on ``batches()``: a fresh iterator of (features, gold flags,
+        document ids) per call, each document's rows in one batch. XGBoost's
+        page cache lives in a temporary folder in ``workdir``."""
         n_rows = n_gold = n_batches = 0
-        for _, labels in batches():
+        for _, labels, _ in batches():
             n_rows += len(labels)
             n_gold += int(labels.sum())
             n_batches += 1
@@ -64,7 +85,8 @@ class Ranker:
         try:
             with progress_bar(n_batches, "ranker data", "batch") as bar:
                 data = xgb.ExtMemQuantileDMatrix(
-                    _BatchIter(batches, os.path.join(cache_dir, "pages"), bar, n_batches),
+                    _BatchIter(batches, params, os.path.join(cache_dir, "pages"), bar,
+                               n_batches),
                     nthread=params.xgb_jobs or None,
                 )
             with progress_bar(params.xgb_rounds, "ranker rounds", "round") as bar:
@@ -75,6 +97,9 @@ class Ranker:
             del trained, data
         finally:
             shutil.rmtree(cache_dir, ignore_errors=True)
+        if params.xgb_objective == "pairwise":
+            curve = platt_scaling(*_margins_and_gold(booster, batches, n_rows))
+            booster.set_attr(**{CALIBRATION_ATTR: json.dumps(curve)})
         return cls(booster)
 
     @staticmethod
@@ -82,8 +107,9 @@ class Ranker:
              progress: xgb.callback.TrainingCallback | None = None) -> xgb.Booster:
         return xgb.train(
             {
-                "objective": "binary:logistic",
-                "eval_metric": "logloss",
+                **({"objective": "rank:pairwise", "eval_metric": "ndcg@5"}
+                   if params.xgb_objective == "pairwise"
+                   else {"objective": "binary:logistic", "eval_metric": "logloss"}),
                 "eta": params.xgb_eta,
                 "max_depth": params.xgb_max_depth,
                 "subsample": params.xgb_subsample,
@@ -108,7 +134,7 @@ class Ranker:
             raise OperationFailedException(
                 f"cannot read ranker model {path}: {xgboost_message(err)}; retrain the project"
             ) from None
-        if tuple(booster.feature_names or ()) != FEATURE_NAMES:
+        if not booster.feature_names or not set(booster.feature_names) <= set(FEATURE_NAMES):
             raise OperationFailedException(
                 f"ranker model {path} was trained with other features "
                 f"({booster.feature_names}); retrain the project"
@@ -116,14 +142,65 @@ class Ranker:
         return cls(booster)
 
     def predict(self, features: np.ndarray, threads: int = 0) -> np.ndarray:
-        """Probability that each candidate is a correct subject."""
+        """Probability that each candidate is a correct subject
+        (``features``: the columns of :data:`FEATURE_NAMES`)."""
         if len(features) == 0:
             return np.zeros(0, dtype=np.float32)
+        if len(self.columns) != features.shape[1]:
+            features = features[:, self.columns]
         with self._lock:
             if threads != self._threads:
                 self.booster.set_param({"nthread": threads})
                 self._threads = threads
-            return self.booster.inplace_predict(features).astype(np.float32)
+            scores = self.booster.inplace_predict(features)
+        if self.calibration is not None:
+            scores = _sigmoid(self.calibration[0] * scores + self.calibration[1])
+        return scores.astype(np.float32)
+
+
+def relevance(features: np.ndarray, gold: np.ndarray, params: RankerSettings) -> np.ndarray:
+    """The label of each training row: 0, or 1 for a gold subject, or
+    ``unseen_relevance`` (pairwise) for a gold subject no other training
+    document has (its leave-one-out prior is 0)."""
+    labels = gold.astype(np.float32)
+    if params.xgb_objective == "pairwise" and params.unseen_relevance != 1.0:
+        unseen = gold & (features[:, FEATURE_NAMES.index("prior")] == 0)  # NaN: no prior
+        labels[unseen] = params.unseen_relevance
+    return labels
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.clip(x, -50.0, 50.0)))
+
+
+def _margins_and_gold(booster: xgb.Booster, batches: Batches,
+                      n_rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """The booster's scores of the training rows and their gold flags, every
+    k-th row where there are more than :data:`CALIBRATION_ROWS`."""
+    step = -(-n_rows // CALIBRATION_ROWS)
+    margins, golds, seen = [], [], 0
+    for features, gold, _ in batches():
+        keep = slice((-seen) % step, None, step)
+        margins.append(booster.inplace_predict(features[keep]))
+        golds.append(gold[keep])
+        seen += len(gold)
+    return np.concatenate(margins), np.concatenate(golds)
+
+
+def platt_scaling(margins: np.ndarray, gold: np.ndarray) -> tuple[float, float]:
+    """(a, b) of the curve P(gold) = sigmoid(a x margin + b) with the least
+    log loss, by Newton's method."""
+    x = np.column_stack([margins, np.ones_like(margins)]).astype(np.float64)
+    y = gold.astype(np.float64)
+    w = np.array([1.0, 0.0])
+    for _ in range(100):
+        p = _sigmoid(x @ w)
+        hessian = (x * (p * (1 - p))[:, None]).T @ x + 1e-6 * np.eye(2)
+        step = np.linalg.solve(hessian, x.T @ (p - y))
+        w -= step
+        if np.abs(step).max() < 1e-10:
+            break
+    return float(w[0]), float(w[1])
 
 
 class _RoundProgress(xgb.callback.TrainingCallback):
@@ -140,9 +217,10 @@ class _BatchIter(xgb.DataIter):
     """Feeds XGBoost one batch of training rows at a time; counts the first
     ``total`` batches (the first pass) on ``bar``."""
 
-    def __init__(self, batches: Callable[[], Iterator[tuple[np.ndarray, np.ndarray]]],
+    def __init__(self, batches: Batches, params: RankerSettings,
                  cache_prefix: str, bar=None, total: int = 0) -> None:
         self._batches = batches
+        self._params = params
         self._iterator = None
         self._bar, self._uncounted = bar, total
         super().__init__(cache_prefix=cache_prefix)
@@ -153,9 +231,10 @@ class _BatchIter(xgb.DataIter):
         batch = next(self._iterator, None)
         if batch is None:
             return False
-        features, labels = batch
-        input_data(data=features, label=labels.astype(np.float32),
-                   feature_names=list(FEATURE_NAMES))
+        features, gold, docs = batch
+        pairwise = self._params.xgb_objective == "pairwise"
+        input_data(data=features, label=relevance(features, gold, self._params),
+                   qid=docs if pairwise else None, feature_names=list(FEATURE_NAMES))
         if self._bar is not None and self._uncounted > 0:
             self._bar.update(1)
             self._uncounted -= 1

@@ -32,9 +32,12 @@ from .model_files import TRAIN_FILE, remove, tmp_name
 # run's spill folder beyond that, and otherwise keeps the pages it wrote or
 # read cached up to it, so it bounds how much memory the run's tables take
 # however large the corpus.
-# candidate rows per batch the ranker reads (about 12 MB of features): whole
-# documents, so a batch of long documents is no larger than one of short ones
+# candidate rows per batch the ranker reads, at most (about 12 MB of
+# features): whole documents, so a batch of long documents is no larger than
+# one of short ones; a smaller pool gets smaller batches (ranker_batch_rows)
 RANKER_BATCH_ROWS = 100_000
+# a batch's features and its sorted copy stay within this share of the pool
+RANKER_BATCH_SHARE_OF_POOL = 8
 
 _METADATA_TABLE = "model_metadata"
 _CANDIDATE_COLUMNS = ", ".join(f"{name} FLOAT" for name in FEATURE_NAMES)
@@ -235,10 +238,18 @@ def _document_ranges(con: duckdb.DuckDBPyConnection, max_rows: int) -> list[tupl
     return ranges
 
 
+def ranker_batch_rows() -> int:
+    """Candidate rows per ranker batch under the current DuckDB pool."""
+    row_bytes = 4 * (len(FEATURE_NAMES) + 3)  # features, gold, doc, concept_id
+    fit = (duckdb_pool.MEMORY_LIMIT_MB << 20) // (RANKER_BATCH_SHARE_OF_POOL * row_bytes)
+    return max(1_000, min(RANKER_BATCH_ROWS, fit))
+
+
 def candidate_batches(path: str, workdir: str,
-                      cached: bool = False) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """(features, gold flags) of the training candidates in the file ``path``,
-    whole documents of at most :data:`RANKER_BATCH_ROWS` rows at a time; a
+                      cached: bool = False
+                      ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(features, gold flags, document ids) of the training candidates in the file ``path``,
+    whole documents of at most :func:`ranker_batch_rows` rows at a time; a
     fresh iterator each call. ``cached``: the file is an earlier run's."""
     if not os.path.exists(path):
         raise NotInitializedException(
@@ -246,19 +257,20 @@ def candidate_batches(path: str, workdir: str,
     try:
         with duckdb_pool.spill_directory(workdir) as spill_dir, \
                 duckdb_pool.connect(path, spill_dir, read_only=True) as con:
-            for first, last in _document_ranges(con, RANKER_BATCH_ROWS):
+            for first, last in _document_ranges(con, ranker_batch_rows()):
                 columns = con.execute(
-                    f"SELECT {', '.join(FEATURE_NAMES)}, gold FROM candidates "
+                    f"SELECT doc, {', '.join(FEATURE_NAMES)}, gold FROM candidates "
                     "WHERE doc >= ? AND doc < ? ORDER BY doc, concept_id", [first, last],
                 ).fetchnumpy()
                 gold = np.asarray(columns["gold"], dtype=bool)
+                docs = np.asarray(columns["doc"], dtype=np.int64)
                 features = np.column_stack([  # NULL (a missing feature) -> NaN
                     np.ma.filled(np.ma.asarray(columns[name], dtype=np.float32), np.nan)
                     for name in FEATURE_NAMES])
                 # nothing of DuckDB's result may outlive the next query: held
                 # results fragment the heap, and memory grew with every batch
                 del columns
-                yield features, gold
+                yield features, gold, docs
     except duckdb.Error as err:
         advice = "; train without --cached to collect them again" if cached else ""
         raise OperationFailedException(
