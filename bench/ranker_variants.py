@@ -16,7 +16,9 @@ of their subject, prior 0), ``unseen_label=L`` (their relevance for the
 ``blend=L``: the score is (1 - L) x this ranker's + L x a label-only
 ranker's (trained on the label-match candidates with the kNN, prior,
 hierarchy and label features left out, as ebm-labels-only sees them);
-``blend_max=A``: the larger of this ranker's score and A x the label-only one.
+``blend_max=A``: the larger of this ranker's score and A x the label-only one;
+``drop=F1+F2``: the feature families F1, F2 (features.FEATURE_FAMILIES) left
+out of training and validate, as if switched off.
 Writes bench/results/ranker-variants-DATASET-DATE[-TAG].md.
 """
 
@@ -81,7 +83,7 @@ def validate_candidates(project_id: str, texts: list[str], cache: Path) -> pl.Da
 def parse_variant(text: str) -> dict:
     objective, *settings = text.split(",")
     variant = {"name": text, "objective": objective, "unseen_weight": 1.0, "unseen_label": 1.0,
-               "rounds": 300, "depth": 6, "eta": 0.05, "blend": 0.0, "blend_max": 0.0}
+               "rounds": 300, "depth": 6, "eta": 0.05, "blend": 0.0, "blend_max": 0.0, "drop": ""}
     for setting in settings:
         key, value = setting.split("=")
         variant[key] = type(variant[key])(value)
@@ -110,6 +112,15 @@ def fit(train: pl.DataFrame, variant: dict, threads: int):
               "max_depth": variant["depth"], "subsample": 0.8, "tree_method": "hist",
               "nthread": threads, "seed": 42}
     return xgb.train(params, data, num_boost_round=variant["rounds"])
+
+
+def without(frame: pl.DataFrame, families: str) -> pl.DataFrame:
+    """The frame with the features of the '+'-separated families missing."""
+    from annif_ebm.features import FEATURE_FAMILIES
+
+    off = [name for family in filter(None, families.split("+"))
+           for name in FEATURE_FAMILIES[family]]
+    return frame.with_columns([pl.lit(None, dtype=pl.Float32).alias(n) for n in off])
 
 
 def label_only(frame: pl.DataFrame) -> pl.DataFrame:
@@ -172,8 +183,10 @@ def main() -> None:
     rows, label_scores = [], None
     for text in args.variants:
         variant = parse_variant(text)
-        booster = fit(train, variant, args.threads)
-        scores = booster.inplace_predict(validate_features)
+        booster = fit(without(train, variant["drop"]), variant, args.threads)
+        scores = booster.inplace_predict(
+            without(found, variant["drop"]).select(FEATURE_NAMES).to_numpy().astype(np.float32)
+            if variant["drop"] else validate_features)
         if variant["blend"] or variant["blend_max"]:
             if label_scores is None:
                 label_scores = label_only_scores(train, found, args.threads)
