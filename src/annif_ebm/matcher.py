@@ -43,10 +43,25 @@ class Matcher:
         the ranker's training data, each document's index among the training
         documents, left out of its own kNN neighbours and prior."""
         p, disabled, training = self.features, self.disabled, self.training
-        candidates = self._label_matches(doc, position, n_chunks, vectors)
         pooled = pool_documents(doc, vectors, len(n_chunks))
-        if "document" not in disabled:
-            candidates = self._document_query(candidates, pooled, n_chunks)
+        # the document vectors go with the chunks into one search: each
+        # search call reads the whole label matrix once
+        documents = (np.flatnonzero(n_chunks > 0) if "document" not in disabled
+                     else np.zeros(0, dtype=np.int64))
+        with self.timer.stage("search"):
+            query, label, score = self.search.search(
+                np.concatenate([vectors, pooled[documents]]) if len(documents) else vectors,
+                self.per_chunk)
+            rank = np.arange(len(query)) - np.searchsorted(query, query)
+        is_chunk = query < len(vectors)
+        with self.timer.stage("features"):
+            candidates = self._label_matches(doc, position, n_chunks, query[is_chunk],
+                                             label[is_chunk], score[is_chunk], rank[is_chunk])
+            if len(documents):
+                hit = ~is_chunk
+                candidates = document_query_features(
+                    candidates, documents[query[hit] - len(vectors)],
+                    self.store.concept_ids[label[hit]], score[hit], rank[hit])
         if training is not None and "knn" not in disabled:
             with self.timer.stage("knn"):
                 knn = training.candidates(pooled, p.knn_neighbors, p.knn_candidates, own_docs)
@@ -60,35 +75,21 @@ class Matcher:
                 candidates = hierarchy_features(candidates, self.store.relations.frame())
             return finish_features(candidates, disabled)
 
-    def _document_query(self, candidates: pl.DataFrame, pooled: np.ndarray,
-                        n_chunks: np.ndarray) -> pl.DataFrame:
-        """The document family: each document's mean chunk vector searched
-        as one more query, its hits joined onto the label-match candidates."""
-        with_chunks = np.flatnonzero(n_chunks > 0)
-        with self.timer.stage("search"):
-            query, label, score = self.search.search(pooled[with_chunks], self.per_chunk)
-            rank = np.arange(len(query)) - np.searchsorted(query, query)
-        with self.timer.stage("features"):
-            return document_query_features(candidates, with_chunks[query],
-                                           self.store.concept_ids[label], score, rank)
-
-    def _label_matches(self, doc: np.ndarray, position: np.ndarray,
-                       n_chunks: np.ndarray, vectors: np.ndarray) -> pl.DataFrame:
-        """Candidates from the nearest labels of each chunk."""
+    def _label_matches(self, doc: np.ndarray, position: np.ndarray, n_chunks: np.ndarray,
+                       query: np.ndarray, label: np.ndarray, score: np.ndarray,
+                       rank: np.ndarray) -> pl.DataFrame:
+        """Candidates from the nearest labels of each chunk (the search's
+        hits: chunk ``query[i]`` found ``label[i]`` at ``rank[i]``)."""
         store = self.store
-        with self.timer.stage("search"):
-            query, label, score = self.search.search(vectors, self.per_chunk)
-            rank = np.arange(len(query)) - np.searchsorted(query, query)
-        with self.timer.stage("features"):
-            hits = hits_frame(
-                doc=doc[query],
-                chunk=position[query].astype(np.uint32),
-                label_id=label,
-                concept_id=store.concept_ids[label],
-                is_pref=store.is_pref[label],
-                label_tokens=store.label_tokens[label],
-                concept_labels=store.concept_labels[label],
-                score=score,
-                rank=rank.astype(np.uint16),
-            )
-            return candidate_features(hits, n_chunks, self.features.candidates_per_doc)
+        hits = hits_frame(
+            doc=doc[query],
+            chunk=position[query].astype(np.uint32),
+            label_id=label,
+            concept_id=store.concept_ids[label],
+            is_pref=store.is_pref[label],
+            label_tokens=store.label_tokens[label],
+            concept_labels=store.concept_labels[label],
+            score=score,
+            rank=rank.astype(np.uint16),
+        )
+        return candidate_features(hits, n_chunks, self.features.candidates_per_doc)
