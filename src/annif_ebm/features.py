@@ -236,9 +236,7 @@ def document_query_features(candidates: pl.DataFrame, doc: np.ndarray,
         "doc_query_rank": pl.Series(rank, dtype=pl.Float32),
     }).group_by("doc", "concept_id").agg(pl.col("doc_query_score").max(),
                                         pl.col("doc_query_rank").min())
-    return candidates.with_columns(pl.col("doc").cast(pl.UInt32),
-                                   pl.col("concept_id").cast(pl.Int32)).join(
-        hits, on=["doc", "concept_id"], how="left")
+    return candidates.join(hits, on=["doc", "concept_id"], how="left")
 
 
 def finish_features(candidates: pl.DataFrame, disabled: tuple[str, ...] = ()) -> pl.DataFrame:
