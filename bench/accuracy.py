@@ -31,6 +31,9 @@ BIN = Path(sys.executable).parent
 PROJECTS = {
     "ebm": "backend=ebm",
     "ebm-static": "backend=ebm\nstatic_embedding=true",
+    # fine-tuned on the project's own data (issue 19)
+    "ebm-finetune": "backend=ebm\nfinetune=true",
+    "ebm-static-finetune": "backend=ebm\nstatic_embedding=true\nfinetune=true",
     # ablation of the feature families (issue 6); ebm-labels-only has none of them
     "ebm-no-knn": "backend=ebm\nknn_neighbors=0",
     "ebm-no-prior": "backend=ebm\nuse_prior=false",

@@ -367,7 +367,7 @@ xgb_rounds = 30
 xgb_eta = 0.1
 """, filename="projects.toml")
     result = toml.run("train", "ebm-en", str(sample_corpus["train"]))
-    assert "training on 40 of 250 documents" in result.stderr
+    assert "training the ranker on 40 of 250 documents" in result.stderr
     assert "stored 40 training documents for kNN" in result.stderr  # knn_docs = 40
     assert "labels: embedded 0 with" in result.stderr  # same labels as the cached ones
     assert "embedded 0 new chunks" not in result.stderr  # 80-character chunks are new

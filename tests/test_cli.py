@@ -195,7 +195,7 @@ def test_retraining_with_the_same_model_embeds_nothing_again(trained_env, sample
                      "-b", "ebm.max_train_docs=100")
     assert "labels: embedded 0 with" in result.stderr
     assert "embedded 0 new chunks" in result.stderr
-    assert "training on 100 of 250 documents" in result.stderr
+    assert "training the ranker on 100 of 250 documents" in result.stderr
     metadata = json.loads((env.project_dir("ebm-en") / "ebm-model.json").read_text())
     assert metadata["n_train_docs"] == 100 and metadata["train_params"]["max_train_docs"] == 100
     # a model-defining change (here the prompt) embeds everything anew
@@ -211,7 +211,7 @@ def test_static_embedding_model_is_distilled_stored_and_used(trained_env, sample
     env.run("train", "ebm-en", str(sample_corpus["train"]),
             "-b", "ebm.static_embedding=true", "-b", "ebm.static_dims=128")
     metadata = json.loads((project / "ebm-model.json").read_text())
-    static_dir = project / metadata["static_model_dir"]
+    static_dir = project / metadata["model_dir"]
     assert metadata["model"]["static_embedding"] is True and metadata["dimension"] == 128
     assert (static_dir / "model.safetensors").exists()
     # suggest loads the distilled model from the project, not the base model
@@ -222,4 +222,4 @@ def test_static_embedding_model_is_distilled_stored_and_used(trained_env, sample
     # a normal retrain replaces it and removes the static model's folder
     env.run("train", "ebm-en", str(sample_corpus["train"]), "-b", "ebm.max_train_docs=50")
     assert not static_dir.exists()
-    assert json.loads((project / "ebm-model.json").read_text())["static_model_dir"] == ""
+    assert json.loads((project / "ebm-model.json").read_text())["model_dir"] == ""

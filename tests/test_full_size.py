@@ -35,7 +35,7 @@ def test_default_training_on_all_of_tibcore_en(tmp_path):
     env = AnnifEnv(tmp_path / "env", "[tib]\nname=tib\nlanguage=en\nbackend=ebm\nvocab=gnd\n")
     env.run("load-vocab", "--language", "en", "gnd", str(TIBCORE / "gnd-core-en.tsv"))
     result = env.run("train", "tib", str(corpus), timeout=3000)
-    assert f"training on {n_docs} of {n_docs} documents" in result.stderr
+    assert f"training the ranker on {n_docs} of {n_docs} documents" in result.stderr
     assert "model saved" in result.stderr
     metadata = json.loads((env.project_dir("tib") / "ebm-model.json").read_text())
     assert metadata["n_labels"] >= 78_741 and metadata["n_train_docs"] == n_docs

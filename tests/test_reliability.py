@@ -141,7 +141,7 @@ def test_training_documents_without_text_are_skipped_and_counted(trained_env, sa
     corpus.write_text("".join(good) + f" \t{subjects}" + f"...  --\t{subjects}",
                       encoding="utf-8")
     result = env.run("train", "ebm-en", str(corpus), "-b", "ebm.xgb_rounds=20")
-    assert "training on 60 of 62 documents" in result.stderr
+    assert "training the ranker on 60 of 62 documents" in result.stderr
     assert "2 have no text" in result.stderr
     metadata = json.loads((env.project_dir("ebm-en") / "ebm-model.json").read_text())
     assert metadata["n_train_docs"] == 60

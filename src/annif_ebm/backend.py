@@ -46,7 +46,7 @@ class EbmBackend(AnnifBackend):
 
     def _encoder_for(self, params: EbmParams, location: str | None = None) -> Encoder:
         """The encoder for these settings (kept while they stay the same);
-        ``location``: the project's distilled static model, if any."""
+        ``location``: the project's own model (distilled/tuned), if any."""
         key = encoder_key(params.embedding, params.api, location)
         with self._lock:
             if self._encoder is None or self._encoder[0] != key:
@@ -119,8 +119,8 @@ class EbmBackend(AnnifBackend):
     def _suggest_batch(self, documents: list[Document], params: dict[str, Any]) -> SuggestionBatch:
         model = self._load_model()
         p = self._parse(params).with_stored_model(model.metadata.model)
-        static_dir = model.metadata.static_model_dir
-        encoder = self._encoder_for(p, os.path.join(self.datadir, static_dir) if static_dir else None)
+        own_dir = model.metadata.model_dir
+        encoder = self._encoder_for(p, os.path.join(self.datadir, own_dir) if own_dir else None)
         if self._active is None:
             self._active = suggest.active_subjects(self.project.subjects)
         timer = StageTimer()

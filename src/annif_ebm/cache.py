@@ -52,14 +52,17 @@ def space_table(space: dict) -> str:
     return f"{ALIAS}.vectors_{digest[:16]}"
 
 
-def embedding_space(params: EmbeddingSettings, role: str, static_dir: str = "") -> dict:
-    """What a text's vector depends on: the model (each distilled static model
-    is its own), its dimensions and the prompt of the role, ``query``
+SPACES_TABLE = f"{ALIAS}.spaces"  # table name -> the project's own model it is of, if any
+
+
+def embedding_space(params: EmbeddingSettings, role: str, model_dir: str = "") -> dict:
+    """What a text's vector depends on: the model (each project's own model,
+    distilled or tuned, in ``model_dir``, is its own), its dimensions and the prompt of the role, ``query``
     (chunks) or ``document`` (labels); names the embedding cache's table."""
     return {
         "role": role,
         "model": params.model,
-        "static_model": static_dir,
+        "static_model": model_dir,  # the key's name is kept: it names the tables
         "truncate_dim": params.truncate_dim,
         "prompt": getattr(params, f"{role}_prompt"),
         "prompt_name": getattr(params, f"{role}_prompt_name"),
@@ -102,9 +105,28 @@ class EmbeddingCache:
         quoted = self.path.replace("'", "''")
         self._con.execute(f"ATTACH '{quoted}' AS {ALIAS}")
         tables = [row[0] for row in self._con.execute(
-            "SELECT table_name FROM duckdb_tables() WHERE database_name = ?", [ALIAS]).fetchall()]
+            "SELECT table_name FROM duckdb_tables() WHERE database_name = ? "
+            "AND table_name LIKE 'vectors_%'", [ALIAS]).fetchall()]
         for table in tables:
             self._con.execute(f"SELECT count(*), max(key), max(vec[1]) FROM {ALIAS}.{table}")
+
+    def forget_own_models(self, keep: str) -> None:
+        """Drop the vectors of the project's own models (distilled or tuned)
+        other than ``keep``: each training run makes a new one, so they are
+        never asked for again and would only grow the file."""
+        con = self._con
+        exists = con.execute("SELECT count(*) FROM duckdb_tables() WHERE database_name = ? "
+                             "AND table_name = 'spaces'", [ALIAS]).fetchone()[0]
+        if not exists:
+            return
+        stale = [row[0] for row in con.execute(
+            f"SELECT table_name FROM {SPACES_TABLE} WHERE own_model <> '' AND own_model <> ?",
+            [keep]).fetchall()]
+        for table in stale:
+            con.execute(f"DROP TABLE IF EXISTS {table}")
+            con.execute(f"DELETE FROM {SPACES_TABLE} WHERE table_name = ?", [table])
+        if stale:
+            logger.info("embedding cache: dropped %d tables of earlier own models", len(stale))
 
     def close(self) -> None:
         """Detach the file (the run goes on without it)."""
@@ -120,6 +142,10 @@ class EmbeddingCache:
         table = space_table(space)
         con = self._con
         con.execute(f"CREATE TABLE IF NOT EXISTS {table} (key UHUGEINT, vec FLOAT[{dimension}])")
+        con.execute(f"CREATE TABLE IF NOT EXISTS {SPACES_TABLE} "
+                    "(table_name VARCHAR PRIMARY KEY, own_model VARCHAR)")
+        con.execute(f"INSERT OR IGNORE INTO {SPACES_TABLE} VALUES (?, ?)",
+                    [table, space.get("static_model", "")])
         con.execute(
             "CREATE OR REPLACE TEMP TABLE cache_missing AS "
             "SELECT row_number() OVER () - 1 AS i, text FROM ("

@@ -23,11 +23,12 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from annif import logger
-from annif.exception import OperationFailedException
+from annif.exception import ConfigurationException, OperationFailedException
 
 from .api_client import ApiEncoder, check_no_static_with_api
 from .encoders import EncoderBase
-from .params import AUTO_BATCH_SIZE, DEFAULT_MODEL, ApiSettings, EmbeddingSettings
+from .params import (AUTO_BATCH_SIZE, DEFAULT_MODEL, ApiSettings, EmbeddingSettings,
+                     FinetuneSettings)
 
 # transformers would otherwise import TensorFlow where it is installed (Annif's
 # nn_ensemble brings it), and refuse to work with its Keras 3
@@ -123,7 +124,7 @@ class SentenceTransformerEncoder(EncoderBase):
 
     def __init__(self, params: EmbeddingSettings, location: str | None = None) -> None:
         """``location``: a saved model to load instead of ``params.model``
-        (the project's distilled static model)."""
+        (the project's own model: distilled and/or fine-tuned)."""
         import torch
         from sentence_transformers import SentenceTransformer
 
@@ -157,7 +158,7 @@ class SentenceTransformerEncoder(EncoderBase):
         }
         self._lock = threading.Lock()
         self._pool = None  # (pid, multi-device worker pool)
-        self.source = (f"static embedding model distilled from '{params.model}'" if location
+        self.source = (f"the project's own embedding model (from '{params.model}')" if location
                        else f"embedding model '{params.model}'")
         self.dimension = self._probe_dimension()
 
@@ -207,6 +208,10 @@ def load_encoder(embedding: EmbeddingSettings, api: ApiSettings,
     set, else :class:`SentenceTransformerEncoder` (``location``: a saved model
     to load instead of ``embedding.model``). It reads no other settings."""
     if api.api_url:
+        if location:
+            raise ConfigurationException(
+                "this project embeds with its own model (static_embedding or finetune), "
+                "which runs in this process: unset api_url")
         return ApiEncoder(embedding, api)
     return SentenceTransformerEncoder(embedding, location)
 
@@ -221,6 +226,16 @@ def encoder_key(embedding: EmbeddingSettings, api: ApiSettings,
     return json.dumps(key, sort_keys=True, default=str)
 
 
+
+
+def check_no_own_model_with_api(params: EmbeddingSettings, finetune: FinetuneSettings,
+                                api: ApiSettings) -> None:
+    """A model of the project's own runs in this process, not on a server."""
+    check_no_static_with_api(params, api)
+    if finetune.finetune and api.api_url:
+        raise ConfigurationException(
+            "finetune=true tunes the model in this process and cannot be combined with "
+            "api_url (the server's model is not ours to change); unset one of them")
 
 
 def distill_static_model(params: EmbeddingSettings, api: ApiSettings, path: str) -> None:

@@ -31,7 +31,7 @@ def train_cached(target: Target, p: EbmParams) -> None:
         metadata = model_files.load_metadata(target.datadir, target.backend_id)
     else:  # the model the candidates were collected for
         metadata = model_files.metadata_from_dict(pending, path, pending=True)
-        for name in filter(None, (metadata.store_file, metadata.static_model_dir)):
+        for name in filter(None, (metadata.store_file, metadata.model_dir)):
             if not os.path.exists(os.path.join(target.datadir, name)):
                 raise OperationFailedException(
                     f"{name}, which the cached training data {path} was collected "

@@ -2,8 +2,9 @@
 a trained model.
 
 A model is a label store (``ebm-labels-<id>.duckdb``), a ranker
-(``ebm-ranker-<id>.ubj``), with ``static_embedding`` a distilled embedding
-model (folder ``ebm-static-<id>``), and the metadata file ``ebm-model.json``
+(``ebm-ranker-<id>.ubj``), with ``static_embedding`` or ``finetune`` the
+project's own embedding model (folder ``ebm-static-<id>`` distilled, perhaps
+then tuned, or ``ebm-tuned-<id>`` fine-tuned), and the metadata file ``ebm-model.json``
 that names them. New files get new names and are written completely before the metadata
 is replaced in one atomic rename: until that moment the previous model is
 untouched and usable, and a half-written file is never named by it. Names in
@@ -40,7 +41,7 @@ SPILL_PREFIX = "tmp-ebm-spill-"
 XGB_CACHE_PREFIX = "tmp-xgb-"
 FORMAT_VERSION = 1
 _MANAGED_PATTERNS = ("ebm-labels-*.duckdb", "ebm-labels-*.duckdb.wal", "ebm-ranker-*.ubj",
-                     "ebm-static-*")
+                     "ebm-static-*", "ebm-tuned-*")
 
 
 def _now() -> datetime.datetime:
@@ -58,16 +59,17 @@ class RunFiles:
 
     store_file: str
     ranker_file: str
-    static_model_dir: str = ""
+    model_dir: str = ""  # the project's own embedding model, if any
 
     @classmethod
-    def new(cls, static_embedding: bool = False) -> RunFiles:
+    def new(cls, static_embedding: bool = False, finetune: bool = False) -> RunFiles:
+        own = ("static" if static_embedding else "tuned") if static_embedding or finetune else ""
         return cls(new_file_name("labels", "duckdb"), new_file_name("ranker", "ubj"),
-                   new_file_name("static", "model") if static_embedding else "")
+                   new_file_name(own, "model") if own else "")
 
     def discard(self, datadir: str) -> None:
         """Remove whatever of them the run wrote (it did not commit)."""
-        discard(datadir, self.store_file, self.ranker_file, self.static_model_dir)
+        discard(datadir, self.store_file, self.ranker_file, self.model_dir)
 
 
 def tmp_name(name: str) -> str:
@@ -85,7 +87,9 @@ class ModelMetadata:
     train_params: dict
     n_labels: int
     n_train_docs: int
-    static_model_dir: str = ""  # with static_embedding: the distilled model's folder
+    # with static_embedding or finetune: the folder of the project's own
+    # embedding model (distilled and/or tuned), loaded instead of `model`
+    model_dir: str = ""
     package_version: str = __version__
     format_version: int = FORMAT_VERSION
     created: str = dataclasses.field(default_factory=lambda: _now().isoformat())
@@ -130,6 +134,8 @@ def metadata_from_dict(data: object, path: str, pending: bool = False) -> ModelM
             f"({__version__}) reads version {FORMAT_VERSION}; retrain the project"
         )
     fields = {f.name for f in dataclasses.fields(ModelMetadata)}
+    if "static_model_dir" in data:  # written by versions before fine-tuning
+        data = {**data, "model_dir": data["static_model_dir"]}
     try:
         metadata = ModelMetadata(**{k: v for k, v in data.items() if k in fields})
     except TypeError as err:
@@ -139,8 +145,8 @@ def metadata_from_dict(data: object, path: str, pending: bool = False) -> ModelM
     _check_file_name(metadata.store_file, path)
     if not (pending and metadata.ranker_file == ""):
         _check_file_name(metadata.ranker_file, path)
-    if metadata.static_model_dir:
-        _check_file_name(metadata.static_model_dir, path)
+    if metadata.model_dir:
+        _check_file_name(metadata.model_dir, path)
     return metadata
 
 
@@ -153,7 +159,7 @@ def commit(datadir: str, metadata: ModelMetadata) -> None:
         METADATA_FILE,
         method=lambda obj, path: _write_json(dataclasses.asdict(obj), path),
     )
-    keep = {metadata.store_file, metadata.ranker_file, metadata.static_model_dir}
+    keep = {metadata.store_file, metadata.ranker_file, metadata.model_dir}
     for pattern in _MANAGED_PATTERNS:
         for path in glob.glob(os.path.join(datadir, pattern)):
             name = os.path.basename(path)

@@ -397,6 +397,51 @@ class RankerSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class FinetuneSettings:
+    """Fine-tuning the embedding model on the project's own training data
+    before the labels are embedded (finetune=true)."""
+
+    finetune: bool = _param(
+        False,
+        Kind.MODEL,
+        _bool,
+        "fine-tune `model` (or, with static_embedding, the distilled static model) on "
+        "pairs of training documents and their gold subjects' prefLabels, and of "
+        "altLabels and prefLabels; the tuned model is stored in the project",
+    )
+    finetune_docs: int = _param(
+        1000,
+        Kind.TRAIN,
+        _int_at_least(1),
+        "training documents the model is tuned on, chosen at random and kept out of "
+        "the ranker's sample (at most half of the documents with subjects)",
+    )
+    finetune_epochs: int = _param(1, Kind.TRAIN, _int_at_least(1), "passes over the pairs")
+    finetune_batch_size: int = _param(
+        32, Kind.TRAIN, _int_at_least(2),
+        "pairs per step; the other pairs of a step are each pair's in-batch negatives",
+    )
+    finetune_learning_rate: float = _param(
+        0.0, Kind.TRAIN, _float_in(0.0, 10.0),
+        "peak learning rate; 0 = 5e-5 for a transformer, 0.01 for a static model",
+    )
+    finetune_hard_negatives: int = _param(
+        1, Kind.TRAIN, _int_at_least(0),
+        "hard negatives per pair, mined with the model before tuning: its nearest "
+        "prefLabels that are not gold; 0 = in-batch negatives only",
+    )
+    finetune_negative_ceiling: float = _param(
+        0.95, Kind.TRAIN, _float_in(0.0, 1.0),
+        "false-negative filter: skip a mined negative that scores above this "
+        "fraction of the positive's score (likely a correct but unlisted subject)",
+    )
+    finetune_max_tokens: int = _param(
+        128, Kind.TRAIN, _int_at_least(8),
+        "document tokens the model reads while tuning (cost grows with it)",
+    )
+
+
+@dataclasses.dataclass(frozen=True)
 class GeneralSettings:
     """Output size and the threads of DuckDB (store, search, training data)."""
 
@@ -414,6 +459,7 @@ GROUPS: dict[str, type] = {
     "retrieval": SearchSettings,
     "features": FeatureSettings,
     "ranker": RankerSettings,
+    "finetune": FinetuneSettings,
     "general": GeneralSettings,
 }
 
@@ -429,6 +475,7 @@ class EbmParams:
     retrieval: SearchSettings = dataclasses.field(default_factory=SearchSettings)
     features: FeatureSettings = dataclasses.field(default_factory=FeatureSettings)
     ranker: RankerSettings = dataclasses.field(default_factory=RankerSettings)
+    finetune: FinetuneSettings = dataclasses.field(default_factory=FinetuneSettings)
     general: GeneralSettings = dataclasses.field(default_factory=GeneralSettings)
 
     # the flat names of the parameters given explicitly (not defaults)

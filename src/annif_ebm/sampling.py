@@ -8,6 +8,10 @@ document that has it; the other half (and any slots coverage leaves) is drawn
 at random (seeded, so reproducible). The random half keeps the ranker's data
 like real documents: a sample made only of rare-subject documents teaches the
 ranker that frequent subjects (high prior, many kNN votes) are rarely right.
+
+With ``finetune``, documents for tuning the embedding model are drawn first
+(at random) and the ranker's sample comes from the others: the ranker must not
+learn from similarities the tuned model memorised for its own training pairs.
 """
 
 from __future__ import annotations
@@ -30,6 +34,11 @@ class Sample:
     n_covered: int  # of these, in the sample
     has_subjects: np.ndarray  # bool per corpus document
     n_without_text: int = 0  # documents with subjects but no text (skipped)
+    tuning: np.ndarray | None = None  # bool per document: tunes the embedding model
+
+    @property
+    def n_tuning(self) -> int:
+        return 0 if self.tuning is None else int(self.tuning.sum())
 
     @property
     def n_selected(self) -> int:
@@ -44,8 +53,10 @@ class Sample:
                    "given, or only URIs it does not know)"]
         if self.n_without_text:
             skipped.append(f"{self.n_without_text} have no text")
+        tuning = (f", fine-tuning the embedding model on {self.n_tuning} others"
+                  if self.n_tuning else "")
         return (
-            f"training on {self.n_selected} of {self.n_documents} documents "
+            f"training the ranker on {self.n_selected} of {self.n_documents} documents{tuning} "
             f"({'; '.join(skipped)}), covering "
             f"{self.n_covered} of {self.n_subjects} distinct gold subjects"
         )
@@ -62,8 +73,11 @@ class Sample:
         return chosen
 
 
-def choose_documents(subject_sets: Iterable[Iterable[int]], max_docs: int) -> Sample:
-    """Choose at most ``max_docs`` documents with subjects (0 = all of them)."""
+def choose_documents(subject_sets: Iterable[Iterable[int]], max_docs: int,
+                     tuning_docs: int = 0) -> Sample:
+    """Choose at most ``max_docs`` documents with subjects (0 = all of them)
+    for the ranker, after ``tuning_docs`` at random (at most half of those with
+    subjects) for fine-tuning."""
     lengths, flat = [], []
     for subjects in subject_sets:
         ids = list(subjects)
@@ -75,18 +89,29 @@ def choose_documents(subject_sets: Iterable[Iterable[int]], max_docs: int) -> Sa
     has_subjects = lengths > 0
     n_with = int(has_subjects.sum())
     distinct = np.unique(subject_of)
-    if max_docs == 0 or max_docs >= n_with:
-        selected = has_subjects
+    tuning = None
+    eligible = has_subjects
+    if tuning_docs:
+        tuning = np.zeros(len(lengths), dtype=bool)
+        size = min(tuning_docs, n_with // 2)
+        tuning[np.random.default_rng(SEED).choice(
+            np.flatnonzero(has_subjects), size=size, replace=False)] = True
+        eligible = has_subjects & ~tuning
+    n_eligible = int(eligible.sum())
+    if max_docs == 0 or max_docs >= n_eligible:
+        selected = eligible.copy()
     else:
-        selected = _cover(subject_of, doc_of, len(lengths),
+        keep = eligible[doc_of]
+        selected = _cover(subject_of[keep], doc_of[keep], len(lengths),
                           max(1, int(max_docs * COVERAGE_SHARE)))
-        spare = np.flatnonzero(has_subjects & ~selected)
+        spare = np.flatnonzero(eligible & ~selected)
         room = max_docs - int(selected.sum())
         if room > 0:
             rng = np.random.default_rng(SEED)
             selected[rng.choice(spare, size=room, replace=False)] = True
     covered = np.unique(subject_of[selected[doc_of]])
-    return Sample(selected, len(lengths), n_with, len(distinct), len(covered), has_subjects)
+    return Sample(selected, len(lengths), n_with, len(distinct), len(covered), has_subjects,
+                  tuning=tuning)
 
 
 def _cover(subject_of: np.ndarray, doc_of: np.ndarray, n_docs: int, max_docs: int) -> np.ndarray:

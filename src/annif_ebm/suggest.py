@@ -69,8 +69,8 @@ def load_model(datadir: str, backend_id: str, threads: int = 0) -> LoadedModel:
     store_path = os.path.join(datadir, metadata.store_file)
     ranker_path = os.path.join(datadir, metadata.ranker_file)
     paths = [store_path, ranker_path]
-    if metadata.static_model_dir:
-        paths.append(os.path.join(datadir, metadata.static_model_dir))
+    if metadata.model_dir:
+        paths.append(os.path.join(datadir, metadata.model_dir))
     for path in paths:
         if not os.path.exists(path):
             raise OperationFailedException(f"model file {path} is missing; retrain the project")

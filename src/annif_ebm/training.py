@@ -25,7 +25,9 @@ from annif.exception import (NotInitializedException, NotSupportedException,
 
 from . import cache, model_files
 from .chunking import Chunker, chunk_texts
-from .embedding import distill_static_model, load_encoder
+from .embedding import (check_no_own_model_with_api, distill_static_model, load_encoder,
+                        model_location, resolve_device)
+from .finetune import preferred_labels, tune_model, tuning_pairs
 from .features import FEATURE_NAMES, disabled_families, uses_training_documents
 from .knn import VECTOR_DTYPE, TrainingDocuments, pool_documents
 from .labels import LabelSet, vocabulary_labels, vocabulary_relations
@@ -84,14 +86,15 @@ def remove_leftovers(target: Target) -> None:
     named = None
     try:
         metadata = model_files.load_metadata(target.datadir, target.backend_id)
-        named = {metadata.store_file, metadata.ranker_file, metadata.static_model_dir}
+        named = {metadata.store_file, metadata.ranker_file, metadata.model_dir}
     except NotInitializedException:
         named = set()  # never trained
     except OperationFailedException:
         pass  # unreadable metadata: keep the files it may name
     pending = stored_metadata(cached_training_data(target.datadir))
     if named is not None and pending:
-        named |= {pending.get("store_file"), pending.get("static_model_dir")}
+        named |= {pending.get("store_file"),
+                  pending.get("model_dir", pending.get("static_model_dir"))}
     leftovers = model_files.remove_leftovers(target.datadir, named)
     if leftovers:
         target.warning(f"removed files of an interrupted training run: {', '.join(leftovers)}")
@@ -105,11 +108,11 @@ def train(target: Target, corpus: DocumentCorpus, p: EbmParams) -> None:
         target.warning(warning)
     labels = _labels(target, p)
     sample = _sample(target, corpus, p)
-    files = model_files.RunFiles.new(p.embedding.static_embedding)
+    files = model_files.RunFiles.new(p.embedding.static_embedding, p.finetune.finetune)
     timer = StageTimer()
     run, kept = None, False
     try:
-        location = _static_model(target, p, files)
+        location = _own_model(target, corpus, labels, sample, p, files, timer)
         run = TrainingRun(target.datadir, p.general.duckdb_threads)
         _chunk(corpus, sample, run, target.project.language, p, timer)
         chunk_vectors, search_device = _embed(target, labels, run, p, files, location, timer)
@@ -124,7 +127,7 @@ def train(target: Target, corpus: DocumentCorpus, p: EbmParams) -> None:
             train_params=p.of_kind(Kind.TRAIN),
             n_labels=len(labels),
             n_train_docs=sample.n_selected,
-            static_model_dir=files.static_model_dir,
+            model_dir=files.model_dir,
         )
         # the candidates' model, without a ranker yet (for train --cached)
         train_path = run.finish(dataclasses.asdict(metadata.replace(ranker_file="")))
@@ -179,7 +182,8 @@ def _sample(target: Target, corpus: DocumentCorpus, p: EbmParams) -> Sample:
                 without_text += bool(doc.subject_set)
                 yield ()
 
-    sample = choose_documents(subject_sets(), p.ranker.max_train_docs)
+    tuning_docs = p.finetune.finetune_docs if p.finetune.finetune else 0
+    sample = choose_documents(subject_sets(), p.ranker.max_train_docs, tuning_docs)
     sample = dataclasses.replace(sample, n_without_text=without_text)
     target.info(sample.describe())
     if sample.n_selected == 0:
@@ -196,12 +200,35 @@ def _sample(target: Target, corpus: DocumentCorpus, p: EbmParams) -> Sample:
     return sample
 
 
-def _static_model(target: Target, p: EbmParams, files: model_files.RunFiles) -> str | None:
-    """With static_embedding: distil the model into the run's folder; its path."""
-    if not files.static_model_dir:
+def _own_model(target: Target, corpus: DocumentCorpus, labels: LabelSet, sample: Sample,
+               p: EbmParams, files: model_files.RunFiles, timer: StageTimer) -> str | None:
+    """With static_embedding and/or finetune: the project's own embedding
+    model, distilled and/or fine-tuned into the run's folder; its path."""
+    if not files.model_dir:
         return None
-    name = files.static_model_dir
-    distill_static_model(p.embedding, p.api, os.path.join(target.datadir, model_files.tmp_name(name)))
+    check_no_own_model_with_api(p.embedding, p.finetune, p.api)
+    name = files.model_dir
+    path = os.path.join(target.datadir, model_files.tmp_name(name))
+    if not p.finetune.finetune:
+        distill_static_model(p.embedding, p.api, path)
+        return model_files.publish(target.datadir, name)
+    if p.embedding.static_embedding:  # distil, then tune the static model
+        source, local = path + "-distilled", True
+        distill_static_model(p.embedding, p.api, source)
+    else:
+        source, local = model_location(p.embedding.model)
+    documents = ((doc.text, doc.subject_set)
+                 for doc, keep in zip(_documents(corpus), sample.tuning) if keep)
+    pairs = tuning_pairs(documents, labels)
+    target.info(f"fine-tuning {p.embedding.model} on {pairs.describe()} of "
+                f"{sample.n_tuning} documents")
+    corpus_labels = sorted(set(preferred_labels(labels).values()))
+    with timer.stage("finetune"):
+        done = tune_model(source, local, p.embedding.static_embedding, pairs, corpus_labels,
+                          p.embedding, p.finetune, resolve_device(p.embedding.device)[0], path)
+    if p.embedding.static_embedding:
+        model_files.remove(source)
+    target.info(f"fine-tuned the embedding model: {done}")
     return model_files.publish(target.datadir, name)
 
 
@@ -229,9 +256,10 @@ def _embed(target: Target, labels: LabelSet, run: TrainingRun, p: EbmParams,
     """Embed the labels (written to the label store) and the run's chunks,
     through the cache; return the chunk vectors and where the label search runs."""
     encoder = load_encoder(p.embedding, p.api, location)
-    static_dir = files.static_model_dir
+    own_dir = files.model_dir
+    run.cache.forget_own_models(own_dir)
     vectors, embedded = run.cache.vectors(
-        labels.texts, cache.embedding_space(p.embedding, "document", static_dir),
+        labels.texts, cache.embedding_space(p.embedding, "document", own_dir),
         encoder.dimension, encoder.encode_documents, "labels", True)
     target.info(f"{len(labels)} labels: embedded {embedded} with {p.embedding.model}, "
                 f"{len(labels) - embedded} from the embedding cache")
@@ -248,7 +276,7 @@ def _embed(target: Target, labels: LabelSet, run: TrainingRun, p: EbmParams,
     del vectors
     with timer.stage("embed"):
         chunk_vectors = run.embed_chunks(
-            cache.embedding_space(p.embedding, "query", static_dir),
+            cache.embedding_space(p.embedding, "query", own_dir),
             encoder.dimension, encoder.encode_queries, True)
     target.info(f"embedded {chunk_vectors.embedded} new chunks (the rest from the "
                 "embedding cache)")
