@@ -63,7 +63,7 @@ def validate_candidates(project_id: str, texts: list[str], cache: Path) -> pl.Da
         backend = project.backend
         model = backend._load_model()
         p = backend._parse(backend.params).with_stored_model(model.metadata.model)
-        static = model.metadata.static_model_dir
+        static = model.metadata.model_dir
         encoder = backend._encoder_for(p, os.path.join(backend.datadir, static) if static else None)
         timer = StageTimer()
         matcher = Matcher(model.store, model.search(p.retrieval, encoder.search_device),
