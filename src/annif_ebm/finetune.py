@@ -18,7 +18,6 @@ the project, which then needs neither the base model nor the network.
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
 from collections.abc import Iterable
 
