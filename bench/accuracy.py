@@ -47,16 +47,22 @@ PROJECTS = {
 }
 
 
-def projects_cfg(backends: list[str], weights: dict[str, float]) -> str:
+def ensembles(backends: list[str], ensemble_ebm: str) -> list[list[str]]:
+    """The ensembles to measure: omikuji+mllm, and with the ``ensemble_ebm``
+    variant of ebm, where their members are among ``backends``."""
+    candidates = (["omikuji", "mllm"], ["omikuji", "mllm", ensemble_ebm])
+    return [members for members in candidates if set(members) <= set(backends)]
+
+
+def projects_cfg(backends: list[str], weights: dict[str, float], ensemble_ebm: str = "ebm") -> str:
     sections = [f"[{b}]\nname={b}\nlanguage=en\nvocab=voc\n{PROJECTS[b]}\n" for b in backends]
-    if {"omikuji", "mllm"} <= set(backends):
-        for members in (["omikuji", "mllm"], ["omikuji", "mllm", "ebm"]):
-            if set(members) <= set(backends):
-                sources = ",".join(f"{m}:{weights.get(m, 1.0)}" for m in members)
-                sections.append(
-                    f"[{'+'.join(members)}]\nname=ensemble\nlanguage=en\nvocab=voc\n"
-                    f"backend=ensemble\nsources={sources}\n"
-                )
+    for members in ensembles(backends, ensemble_ebm):
+        # weights name the members as in omikuji:W1,mllm:W2,ebm:W3
+        sources = ",".join(f"{m}:{weights.get(m.split('-')[0], 1.0)}" for m in members)
+        sections.append(
+            f"[{'+'.join(members)}]\nname=ensemble\nlanguage=en\nvocab=voc\n"
+            f"backend=ensemble\nsources={sources}\n"
+        )
     return "\n".join(sections)
 
 
@@ -97,6 +103,8 @@ def main() -> None:
     parser.add_argument("--train-limit", type=int, default=0)
     parser.add_argument("--backends", default="ebm,tfidf,mllm,omikuji")
     parser.add_argument("--ensemble-weights", default="")
+    parser.add_argument("--ensemble-ebm", default="ebm",
+                        help="the ebm variant in the omikuji+mllm+ebm ensemble, e.g. ebm-finetune")
     parser.add_argument("--reference-python", help="python of a venv with ebm4subjects")
     parser.add_argument("--reference-trained", type=Path,
                         help="reuse the ebm4subjects model trained in this folder "
@@ -122,7 +130,8 @@ def main() -> None:
     import punkt_tab
 
     punkt_tab.write_punkt_tab(str(nltk_data), ["en"])
-    (workdir / "projects.cfg").write_text(projects_cfg(backends, weights), encoding="utf-8")
+    (workdir / "projects.cfg").write_text(projects_cfg(backends, weights, args.ensemble_ebm),
+                                          encoding="utf-8")
     env = dict(os.environ, ANNIF_PROJECTS=str(workdir / "projects.cfg"),
                ANNIF_DATADIR=str(workdir / "data"), NLTK_DATA=str(nltk_data),
                HF_HUB_OFFLINE="1")
@@ -133,8 +142,7 @@ def main() -> None:
     seen = set().union(*metrics.read_gold(str(train)))
 
     rows = []
-    systems = backends + [s for s in ("omikuji+mllm", "omikuji+mllm+ebm")
-                          if set(s.split("+")) <= set(backends)]
+    systems = backends + ["+".join(members) for members in ensembles(backends, args.ensemble_ebm)]
     for system in systems:
         row = {"system": system}
         train_log = workdir / f"train-{system}.log"  # GNU time output of annif train

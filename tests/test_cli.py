@@ -223,3 +223,53 @@ def test_static_embedding_model_is_distilled_stored_and_used(trained_env, sample
     env.run("train", "ebm-en", str(sample_corpus["train"]), "-b", "ebm.max_train_docs=50")
     assert not static_dir.exists()
     assert json.loads((project / "ebm-model.json").read_text())["model_dir"] == ""
+
+
+def test_finetuned_model_is_stored_used_portable_and_safe_to_retrain(trained_env, sample_corpus,
+                                                                     tmp_path):
+    env = trained_env.copy_to(tmp_path / "env")
+    project = env.project_dir("ebm-en")
+    result = env.run("train", "ebm-en", str(sample_corpus["train"]),
+                     "-b", "ebm.finetune=true", "-b", "ebm.finetune_docs=60")
+    # the tuning documents are kept out of the ranker's sample
+    assert "training the ranker on 190 of 250 documents, fine-tuning the embedding model on " \
+           "60 others" in result.stderr
+    assert "fine-tuned the embedding model" in result.stderr
+    metadata = json.loads((project / "ebm-model.json").read_text())
+    tuned_dir = project / metadata["model_dir"]
+    assert metadata["model_dir"].startswith("ebm-tuned-") and metadata["model"]["finetune"] is True
+    assert (tuned_dir / "model.safetensors").exists()
+    assert metadata["n_train_docs"] == 190
+    # suggest loads the tuned model from the project (no base model, no network)
+    result = env.run("suggest", "ebm-en", "--limit", "5", "-b", "ebm.device=cpu", stdin=TEXT)
+    assert f"loading embedding model {tuned_dir} on cpu" in result.stderr
+    expected = result.stdout
+    assert len(expected.strip().splitlines()) == 5
+    metrics = parse_metrics(env.run("eval", "ebm-en", str(sample_corpus["test"])).stdout)
+    assert metrics["F1@5"] > 0.2
+    # a copy elsewhere works while the original is gone
+    copy = env.copy_to(tmp_path / "copy")
+    moved = env.path.with_name("env-moved")
+    env.path.rename(moved)
+    try:
+        assert copy.run("suggest", "ebm-en", "--limit", "5", stdin=TEXT).stdout == expected
+    finally:
+        moved.rename(env.path)
+    # --cached retrains the ranker on the tuned model's candidates
+    env.run("train", "ebm-en", "--cached", "-b", "ebm.xgb_rounds=50")
+    after = json.loads((project / "ebm-model.json").read_text())
+    assert after["model_dir"] == metadata["model_dir"] and tuned_dir.exists()
+    expected = env.run("suggest", "ebm-en", "--limit", "5", stdin=TEXT).stdout
+    # a fine-tune that fails (no mined negative below a ceiling of 1% of the
+    # positive's score) leaves the tuned model in place and usable
+    files_before = sorted(p.name for p in project.iterdir())
+    result = env.run("train", "ebm-en", str(sample_corpus["train"]), "-b", "ebm.finetune=true",
+                     "-b", "ebm.finetune_docs=60", "-b", "ebm.finetune_negative_ceiling=0.01",
+                     check=False)
+    assert result.returncode != 0 and "lower finetune_hard_negatives" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert sorted(p.name for p in project.iterdir()) == files_before
+    assert env.run("suggest", "ebm-en", "--limit", "5", stdin=TEXT).stdout == expected
+    # suggesting with finetune=false against a tuned project is the fixed-at-train error
+    result = env.run("suggest", "ebm-en", "-b", "ebm.finetune=false", stdin=TEXT, check=False)
+    assert result.returncode != 0 and "finetune" in result.stderr

@@ -158,8 +158,12 @@ class SentenceTransformerEncoder(EncoderBase):
         }
         self._lock = threading.Lock()
         self._pool = None  # (pid, multi-device worker pool)
-        self.source = (f"the project's own embedding model (from '{params.model}')" if location
-                       else f"embedding model '{params.model}'")
+        if not location:
+            self.source = f"embedding model '{params.model}'"
+        elif params.static_embedding:  # distilled, perhaps then fine-tuned
+            self.source = f"static embedding model distilled from '{params.model}'"
+        else:
+            self.source = f"the project's fine-tuned embedding model (from '{params.model}')"
         self.dimension = self._probe_dimension()
 
     def _embed(self, texts: list[str], role: str) -> np.ndarray:

@@ -146,7 +146,7 @@ def tune_model(source: str, local: bool, static: bool, pairs: TuningPairs, corpu
     except (OSError, ValueError) as err:
         raise OperationFailedException(f"cannot load embedding model '{source}' to fine-tune: "
                                        f"{err}") from err
-    full_length = model.max_seq_length
+    full_length = None if static else model.max_seq_length  # a static model reads every token
     if full_length:
         model.max_seq_length = min(full_length, settings.finetune_max_tokens)
     query_prompt, document_prompt = _prompts(model, embedding)
@@ -194,7 +194,8 @@ def tune_model(source: str, local: bool, static: bool, pairs: TuningPairs, corpu
             trainer.train()
     finally:
         remove(workdir)
-    model.max_seq_length = full_length
+    if full_length:
+        model.max_seq_length = full_length
     model.save(path)
     return {"pairs": len(pairs), "trained_rows": len(dataset), "negatives": negatives,
             "steps": steps, "mine_s": round(mined_seconds, 1),
