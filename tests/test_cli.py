@@ -260,11 +260,11 @@ def test_finetuned_model_is_stored_used_portable_and_safe_to_retrain(trained_env
     after = json.loads((project / "ebm-model.json").read_text())
     assert after["model_dir"] == metadata["model_dir"] and tuned_dir.exists()
     expected = env.run("suggest", "ebm-en", "--limit", "5", stdin=TEXT).stdout
-    # a fine-tune that fails (no mined negative below a ceiling of 1% of the
-    # positive's score) leaves the tuned model in place and usable
+    # a fine-tune that fails (more hard negatives asked than the vocabulary has
+    # prefLabels) leaves the tuned model in place and usable
     files_before = sorted(p.name for p in project.iterdir())
     result = env.run("train", "ebm-en", str(sample_corpus["train"]), "-b", "ebm.finetune=true",
-                     "-b", "ebm.finetune_docs=60", "-b", "ebm.finetune_negative_ceiling=0.01",
+                     "-b", "ebm.finetune_docs=60", "-b", "ebm.finetune_hard_negatives=100000",
                      check=False)
     assert result.returncode != 0 and "lower finetune_hard_negatives" in result.stderr
     assert "Traceback" not in result.stderr

@@ -10,7 +10,8 @@ import torch
 from annif.exception import OperationFailedException
 
 from annif_ebm.embedding import model_location
-from annif_ebm.finetune import TuningPairs, learning_rate, preferred_labels, tune_model, tuning_pairs
+from annif_ebm.finetune import (TuningPairs, learning_rate, preferred_labels, tune_model,
+                               tuning_pairs, with_random_negatives)
 from annif_ebm.labels import LabelSet
 from annif_ebm.params import DEFAULT_MODEL, EbmParams
 from annif_ebm.sampling import choose_documents
@@ -85,6 +86,23 @@ def test_tuning_documents_are_never_the_rankers():
     # the same corpus gives the same split
     again = choose_documents(subjects, 30, tuning_docs=20)
     assert (again.tuning == sample.tuning).all() and (again.selected == sample.selected).all()
+
+
+def test_pairs_that_mining_left_without_negatives_get_random_prefLabels():
+    pairs = TuningPairs(["doc a", "doc a", "doc b", "doc c"],
+                        ["Snow line", "Pitting", "Enzyme", "Aquifer"], 4)
+    corpus = sorted(p for _, p in PAIRS)
+    mined = {"anchor": ["doc a"], "positive": ["Pitting"], "negative_1": ["Enzyme"],
+             "negative_2": ["Aquifer"]}
+    rows = with_random_negatives(pairs, mined, corpus, 2)
+    triples = list(zip(rows["anchor"], rows["positive"], rows["negative_1"], rows["negative_2"]))
+    assert triples[0] == ("doc a", "Pitting", "Enzyme", "Aquifer")  # the mined row stays
+    assert sorted((a, p) for a, p, _, _ in triples) == sorted(zip(pairs.anchors, pairs.positives))
+    for _, positive, first, second in triples[1:]:
+        assert positive not in (first, second) and first != second
+        assert {first, second} <= set(corpus)
+    # reproducible
+    assert with_random_negatives(pairs, mined, corpus, 2) == rows
 
 
 def test_learning_rate_default_depends_on_the_model_kind():

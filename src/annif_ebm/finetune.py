@@ -17,6 +17,7 @@ the project, which then needs neither the base model nor the network.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import time
 from collections.abc import Iterable
@@ -34,7 +35,9 @@ SEED = 42
 MAX_TEXT_CHARS = 4000  # of a document: more than finetune_max_tokens ever reads
 TRANSFORMER_LEARNING_RATE = 5e-5
 STATIC_LEARNING_RATE = 0.01
-MINING_RANGE = 50  # nearest prefLabels a pair's hard negatives are picked from
+# nearest prefLabels searched for a pair's hard negatives: where the model ranks
+# the gold label low, every label near the top scores above the ceiling
+MINING_RANGE = 1000
 CACHED_LOSS_FROM = 128  # batch sizes from which the loss runs in mini-batches
 MINI_BATCH = 32
 
@@ -108,6 +111,39 @@ def _prompts(model, embedding: EmbeddingSettings) -> tuple[str | None, str | Non
             resolve(embedding.document_prompt, embedding.document_prompt_name))
 
 
+def with_random_negatives(pairs: TuningPairs, mined: dict[str, list[str]], corpus: list[str],
+                          negatives: int) -> dict[str, list[str]]:
+    """The mined rows (columns anchor, positive, negative_1..n) and every pair
+    that mining left without ``negatives`` negatives below the ceiling, with
+    prefLabels drawn at random (seeded, never its own) instead: those are the
+    pairs whose gold label the model ranks lowest, the ones to learn from."""
+    rows = {column: list(values) for column, values in mined.items()}
+    rows.setdefault("anchor", [])
+    rows.setdefault("positive", [])
+    columns = [f"negative_{i + 1}" for i in range(negatives)]
+    for column in columns:
+        rows.setdefault(column, [])
+    left = collections.Counter(zip(pairs.anchors, pairs.positives))
+    left.subtract(zip(rows["anchor"], rows["positive"]))
+    rng = np.random.default_rng(SEED)
+    n_random = 0
+    for (anchor, positive), count in left.items():
+        for _ in range(max(0, count)):
+            drawn = []
+            while len(drawn) < negatives:
+                label = corpus[int(rng.integers(len(corpus)))]
+                if label != positive and label not in drawn:
+                    drawn.append(label)
+            rows["anchor"].append(anchor)
+            rows["positive"].append(positive)
+            for column, label in zip(columns, drawn):
+                rows[column].append(label)
+            n_random += 1
+    logger.info("hard negatives mined for %d of %d pairs; the other %d have random prefLabels",
+                len(pairs) - n_random, len(pairs), n_random)
+    return rows
+
+
 def _progress_callback(bar):
     """A trainer callback that moves the package's progress ``bar`` (ETA on
     a terminal, log lines elsewhere) one step per training step."""
@@ -137,6 +173,10 @@ def tune_model(source: str, local: bool, static: bool, pairs: TuningPairs, corpu
         raise OperationFailedException(
             f"fine-tuning needs at least 2 training pairs, the data gives {len(pairs)}: "
             "set finetune=false, or give documents whose subjects have prefLabels")
+    if 0 < settings.finetune_hard_negatives >= len(corpus):
+        raise OperationFailedException(
+            f"finetune_hard_negatives={settings.finetune_hard_negatives} needs more "
+            f"prefLabels than the vocabulary's {len(corpus)}: lower finetune_hard_negatives")
     if embedding.torch_threads:
         torch.set_num_threads(embedding.torch_threads)
     started = time.monotonic()
@@ -155,17 +195,15 @@ def tune_model(source: str, local: bool, static: bool, pairs: TuningPairs, corpu
     if negatives:
         logger.info("mining %d hard negatives per pair among %d prefLabels", negatives,
                     len(corpus))
-        dataset = mine_hard_negatives(
+        mined = mine_hard_negatives(
             dataset, model, corpus=corpus, num_negatives=negatives,
-            range_max=MINING_RANGE + negatives, sampling_strategy="top",
+            range_max=min(len(corpus), MINING_RANGE + negatives), sampling_strategy="top",
             relative_margin=1.0 - settings.finetune_negative_ceiling,
             query_prompt=query_prompt, corpus_prompt=document_prompt,
             output_format="n-tuple", batch_size=64, verbose=False)
+        dataset = Dataset.from_dict(with_random_negatives(pairs, mined.to_dict(), corpus,
+                                                          negatives))
     mined_seconds = time.monotonic() - started
-    if len(dataset) < 2:
-        raise OperationFailedException(
-            f"fine-tuning: of {len(pairs)} pairs, {len(dataset)} have {negatives} hard "
-            "negatives below the finetune_negative_ceiling; lower finetune_hard_negatives")
     prompts = None
     if query_prompt or document_prompt:
         prompts = {column: (query_prompt if column == "anchor" else document_prompt) or ""
