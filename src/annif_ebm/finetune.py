@@ -8,7 +8,8 @@ where no document has the subject. Hard negatives are mined with the model
 before tuning (sentence-transformers' ``mine_hard_negatives``: its nearest
 prefLabels that are not gold, skipping those that score above
 ``finetune_negative_ceiling`` of the positive's score, likely correct subjects
-that the cataloguer did not list). The loss is MultipleNegativesRankingLoss
+that the cataloguer did not list; a pair left without one gets random
+prefLabels rather than being dropped). The loss is MultipleNegativesRankingLoss
 (its cached variant for large batches): each pair's positive against the
 batch's other positives and the mined negatives; no batch holds the same text
 twice. sentence-transformers' trainer runs it; the tuned model is saved for
@@ -173,10 +174,11 @@ def tune_model(source: str, local: bool, static: bool, pairs: TuningPairs, corpu
         raise OperationFailedException(
             f"fine-tuning needs at least 2 training pairs, the data gives {len(pairs)}: "
             "set finetune=false, or give documents whose subjects have prefLabels")
-    if 0 < settings.finetune_hard_negatives >= len(corpus):
+    negatives = settings.finetune_hard_negatives
+    if negatives and negatives >= len(corpus):
         raise OperationFailedException(
-            f"finetune_hard_negatives={settings.finetune_hard_negatives} needs more "
-            f"prefLabels than the vocabulary's {len(corpus)}: lower finetune_hard_negatives")
+            f"finetune_hard_negatives={negatives} needs more prefLabels than the "
+            f"vocabulary's {len(corpus)}: lower finetune_hard_negatives")
     if embedding.torch_threads:
         torch.set_num_threads(embedding.torch_threads)
     started = time.monotonic()
@@ -191,7 +193,6 @@ def tune_model(source: str, local: bool, static: bool, pairs: TuningPairs, corpu
         model.max_seq_length = min(full_length, settings.finetune_max_tokens)
     query_prompt, document_prompt = _prompts(model, embedding)
     dataset = Dataset.from_dict({"anchor": pairs.anchors, "positive": pairs.positives})
-    negatives = settings.finetune_hard_negatives
     if negatives:
         logger.info("mining %d hard negatives per pair among %d prefLabels", negatives,
                     len(corpus))
