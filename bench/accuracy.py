@@ -29,8 +29,9 @@ from common import (BENCH, DATA_ROOT, DATASETS, RESULTS, machine_facts, markdown
 
 BIN = Path(sys.executable).parent
 PROJECTS = {
-    "ebm": "backend=ebm",
-    "ebm-static": "backend=ebm\nstatic_embedding=true",
+    "ebm": "backend=ebm",  # the defaults: fine-tuned since the 2026-12-04 s13 results
+    "ebm-frozen": "backend=ebm\nfinetune=false",
+    "ebm-static": "backend=ebm\nstatic_embedding=true\nfinetune=false",
     # fine-tuned on the project's own data (issue 19)
     "ebm-finetune": "backend=ebm\nfinetune=true",
     "ebm-static-finetune": "backend=ebm\nstatic_embedding=true\nfinetune=true",

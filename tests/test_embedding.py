@@ -34,6 +34,8 @@ def other_value(value):
         return value + 1
     if isinstance(value, dict):
         return {**value, "other": 1}
+    if isinstance(value, tuple):
+        return (*value, 1)
     return value + "-other"
 
 
@@ -103,7 +105,10 @@ def test_a_saved_model_is_loaded_from_its_location(tmp_path):
     """How the project's distilled static model is loaded: here a static
     model on the bundled model's tokenizer, saved with sentence-transformers."""
     from sentence_transformers import SentenceTransformer
-    from sentence_transformers.models import StaticEmbedding
+    try:
+        from sentence_transformers.sentence_transformer.modules import StaticEmbedding
+    except ImportError:  # sentence-transformers before 5.4
+        from sentence_transformers.models import StaticEmbedding
     from tokenizers import Tokenizer
 
     path, _ = model_location(DEFAULT_MODEL)

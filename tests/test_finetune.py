@@ -83,6 +83,10 @@ def test_tuning_documents_are_never_the_rankers():
     small = choose_documents(subjects[:10], 0, tuning_docs=50)
     assert small.n_tuning == 5 and small.n_selected == 5
     assert not (small.tuning & small.selected).any()
+    # a minimum of documents to tune on (what finetune left at its default asks)
+    assert choose_documents(subjects, 30, tuning_docs=20, min_tuning_docs=50).n_tuning == 20
+    none = choose_documents(subjects, 30, tuning_docs=20, min_tuning_docs=51)
+    assert none.n_tuning == 0 and none.tuning is None and none.n_selected == 30
     # the same corpus gives the same split
     again = choose_documents(subjects, 30, tuning_docs=20)
     assert (again.tuning == sample.tuning).all() and (again.selected == sample.selected).all()
@@ -130,7 +134,10 @@ def test_the_bundled_model_is_tuned_towards_its_pairs_and_saved(tmp_path):
 
 def test_a_static_model_is_trained_too(tmp_path):
     from sentence_transformers import SentenceTransformer
-    from sentence_transformers.models import StaticEmbedding
+    try:
+        from sentence_transformers.sentence_transformer.modules import StaticEmbedding
+    except ImportError:  # sentence-transformers before 5.4
+        from sentence_transformers.models import StaticEmbedding
     from tokenizers import Tokenizer
 
     path, _ = model_location(DEFAULT_MODEL)
@@ -146,6 +153,40 @@ def test_a_static_model_is_trained_too(tmp_path):
                str(tmp_path / "tuned"))
     tuned = SentenceTransformer(str(tmp_path / "tuned"), device="cpu")
     assert margin(tuned, pairs) > before + 0.1
+
+
+def truncated_margin(model, pairs: TuningPairs, dimension: int) -> float:
+    """:func:`margin` of the vectors cut to their first ``dimension`` values."""
+    def encode(texts):
+        vectors = model.encode(texts)[:, :dimension]
+        return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+    sims = encode(pairs.anchors) @ encode(pairs.positives).T
+    own = np.diag(sims).copy()
+    np.fill_diagonal(sims, -np.inf)
+    return float(np.mean(own - sims.max(axis=1)))
+
+
+def test_with_truncate_dim_matryoshka_trains_the_truncated_vectors(tmp_path):
+    from sentence_transformers import SentenceTransformer
+
+    pairs = TuningPairs([a for a, _ in PAIRS], [p for _, p in PAIRS], len(PAIRS))
+    source, local = model_location(DEFAULT_MODEL)
+    common = dict(truncate_dim="16", finetune_epochs="4", finetune_batch_size="4",
+                  finetune_learning_rate="0.0002")
+    margins = {}
+    for name, extra in (("matryoshka", {}), ("full only", {"finetune_matryoshka_dims": "384"})):
+        p = settings(**common, **extra)
+        done = tune_model(source, local, False, pairs, [pos for _, pos in PAIRS] + ["Economics"],
+                          p.embedding, p.finetune, "cpu", str(tmp_path / name))
+        assert done["matryoshka_dims"] == ([384, 16] if name == "matryoshka" else [384])
+        tuned = SentenceTransformer(str(tmp_path / name), device="cpu", local_files_only=True)
+        margins[name] = truncated_margin(tuned, pairs, 16)
+    assert margins["matryoshka"] > margins["full only"] + 0.02, margins
+    p = settings(finetune_matryoshka_dims="512,64")
+    with pytest.raises(OperationFailedException, match="names 512 dimensions, but the model has 384"):
+        tune_model(source, local, False, pairs, [pos for _, pos in PAIRS], p.embedding,
+                   p.finetune, "cpu", str(tmp_path / "too-many"))
 
 
 def test_too_few_pairs_or_no_negative_below_the_ceiling_is_a_clear_error(tmp_path):

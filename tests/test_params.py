@@ -100,6 +100,33 @@ def test_same_explicit_model_setting_is_fine():
     assert params.with_stored_model(stored).texts.use_altlabels is True
 
 
+def test_finetune_is_on_by_default_off_with_a_server_and_off_for_older_models():
+    assert EbmParams.parse({}).finetune.finetune is True
+    from annif_ebm.finetune import MIN_TUNING_DOCS  # the documented threshold is the code's
+
+    doc = next(f for f in EbmParams.specs() if f.name == "finetune").metadata["doc"]
+    assert f"fewer than {2 * MIN_TUNING_DOCS} training documents with subjects" in doc
+    # a server's model cannot be tuned here: off, unless asked for (then training says why not)
+    served = EbmParams.parse({"api_url": "http://localhost:1/v1"})
+    assert served.finetune.finetune is False and "finetune" not in served.explicit
+    assert EbmParams.parse({"api_url": "http://x/v1", "finetune": "1"}).finetune.finetune is True
+    # a model stored before the setting existed was not tuned
+    older = {k: v for k, v in EbmParams().model_settings().items() if k != "finetune"}
+    assert EbmParams.parse({}).with_stored_model(older).finetune.finetune is False
+    with pytest.raises(ConfigurationException, match="'finetune' is True but the model was "
+                                                    "trained with False"):
+        EbmParams.parse({"finetune": "true"}).with_stored_model(older)
+
+
+def test_matryoshka_dimensions_are_parsed_largest_first():
+    assert EbmParams.parse({}).finetune.finetune_matryoshka_dims == ()
+    parsed = EbmParams.parse({"finetune_matryoshka_dims": "64, 384,128,64"})
+    assert parsed.finetune.finetune_matryoshka_dims == (384, 128, 64)
+    for bad, message in (("384,x", "comma-separated dimensions"), ("128,0", "at least 1")):
+        with pytest.raises(ConfigurationException, match=message):
+            EbmParams.parse({"finetune_matryoshka_dims": bad})
+
+
 def test_configuration_reference_is_up_to_date():
     from annif_ebm.params import reference_markdown
 

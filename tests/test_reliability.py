@@ -209,6 +209,9 @@ def test_awkward_vocabulary(tmp_path):
     assert "Traceback" not in result.stderr
     metadata = json.loads((env.project_dir("p") / "ebm-model.json").read_text())
     assert metadata["n_labels"] == 7  # no label for ex:german or deprecated ex:old
+    # finetune is on by default, but 20 documents are too few to set half aside for it
+    assert "the embedding model is not fine-tuned: 20 documents with subjects" in result.stderr
+    assert metadata["model"]["finetune"] is False and not metadata["model_dir"]
     uris = {line.split("\t")[0] for line in env.run(
         "suggest", "p", "--limit", "20", stdin="Machine learning and poetry.").stdout.splitlines()}
     assert "<http://example.org/old>" not in uris and "<http://example.org/german>" not in uris
@@ -222,6 +225,16 @@ def test_vocabulary_without_usable_labels_is_a_clear_error(tmp_path):
     result = env.run("train", "p", str(tmp_path / "train.tsv"), check=False)
     assert result.returncode != 0 and "no usable labels in language 'en'" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_fine_tuning_asked_for_with_one_document_is_a_clear_error(tmp_path):
+    env = vocab_env(tmp_path, VOCAB % "Long")
+    (tmp_path / "train.tsv").write_text("Sonnets and verse.\t<http://example.org/poetry>\n")
+    result = env.run("train", "p", str(tmp_path / "train.tsv"), "-b", "ebm.finetune=true",
+                     check=False)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "finetune=true needs at least 2 documents with subjects (1 given)" in result.stderr
+    assert not (env.project_dir("p") / "ebm-model.json").exists()
 
 
 def test_no_candidate_matches_any_gold_subject_is_a_clear_error(tmp_path):

@@ -253,7 +253,10 @@ def distill_static_model(params: EmbeddingSettings, api: ApiSettings, path: str)
             "static_embedding=true needs model2vec: pip install 'annif-ebm[static]'"
         ) from None
     from sentence_transformers import SentenceTransformer
-    from sentence_transformers.models import StaticEmbedding
+    try:  # where sentence-transformers 5.4+ keeps it (the old path warns)
+        from sentence_transformers.sentence_transformer.modules import StaticEmbedding
+    except ImportError:
+        from sentence_transformers.models import StaticEmbedding
 
     location, _ = model_location(params.model)
     device = resolve_device(params.device)[0]

@@ -126,6 +126,22 @@ def _json_object(value: Any) -> dict:
     return parsed
 
 
+def _dimensions(value: Any) -> tuple[int, ...]:
+    """Comma-separated vector dimensions, largest first; empty = ()."""
+    if isinstance(value, (list, tuple)):
+        parts = [str(v) for v in value]
+    else:
+        parts = [part for part in str(value).replace(" ", "").split(",") if part]
+    try:
+        dims = sorted({int(part) for part in parts}, reverse=True)
+    except ValueError:
+        raise ValueError(f"expected comma-separated dimensions, e.g. 384,128,64, got {value!r}"
+                         ) from None
+    if dims and dims[-1] < 1:
+        raise ValueError(f"dimensions must be at least 1, got {dims[-1]}")
+    return tuple(dims)
+
+
 def _param(default: Any, kind: Kind, parse: Callable[[Any], Any], doc: str):
     return dataclasses.field(
         default_factory=lambda: default if not isinstance(default, dict) else {},
@@ -402,12 +418,15 @@ class FinetuneSettings:
     before the labels are embedded (finetune=true)."""
 
     finetune: bool = _param(
-        False,
+        True,
         Kind.MODEL,
         _bool,
         "fine-tune `model` (or, with static_embedding, the distilled static model) on "
         "pairs of training documents and their gold subjects' prefLabels, and of "
-        "altLabels and prefLabels; the tuned model is stored in the project",
+        "altLabels and prefLabels; the tuned model is stored in the project. Left at "
+        "the default, off with fewer than 1000 training documents with subjects (too "
+        "few to gain) and with api_url (the server's model is not ours to tune); "
+        "models trained before this parameter existed are frozen",
     )
     finetune_docs: int = _param(
         1000,
@@ -434,6 +453,12 @@ class FinetuneSettings:
         0.95, Kind.TRAIN, _float_in(0.0, 1.0),
         "false-negative filter: skip a mined negative that scores above this "
         "fraction of the positive's score (likely a correct but unlisted subject)",
+    )
+    finetune_matryoshka_dims: tuple = _param(
+        (), Kind.TRAIN, _dimensions,
+        "Matryoshka: comma-separated vector dimensions (e.g. 384,128,64) whose "
+        "truncated vectors are trained too (MatryoshkaLoss around the ranking loss); "
+        "empty = the model's and truncate_dim where truncate_dim is set, none otherwise",
     )
     finetune_max_tokens: int = _param(
         128, Kind.TRAIN, _int_at_least(8),
@@ -509,6 +534,8 @@ class EbmParams:
                     f"invalid value for parameter '{name}': {err}"
                 ) from None
             explicit.add(name)
+        if values.get("api_url") and "finetune" not in values:
+            values["finetune"] = False  # a server's model cannot be tuned here
         if jobs and jobs > 0:
             for name in ("torch_threads", "duckdb_threads", "xgb_jobs"):
                 values.setdefault(name, jobs)
@@ -553,7 +580,9 @@ class EbmParams:
         """Take model-defining settings from the trained model's metadata.
 
         A setting given explicitly with a different value is an error naming
-        both values; settings not given are taken from the stored model."""
+        both values; settings not given are taken from the stored model. A
+        setting newer than the model has the value that models had before it."""
+        stored = {**SETTINGS_OF_OLDER_MODELS, **stored}
         for name, stored_value in stored.items():
             if check and name in self.explicit and self.value(name) != stored_value:
                 defines = ("the ranker's features" if name in FEATURE_SETTINGS
@@ -566,6 +595,10 @@ class EbmParams:
         known = {f.name for f in self.specs(Kind.MODEL)}
         return self.replace(**{k: v for k, v in stored.items() if k in known})
 
+
+# model-defining settings added after models were first stored, with the value
+# that a model stored before them has
+SETTINGS_OF_OLDER_MODELS = {"finetune": False}
 
 # model-defining settings that define the ranker's features, not the vectors
 FEATURE_SETTINGS = frozenset(f.name for f in dataclasses.fields(FeatureSettings)
@@ -603,6 +636,8 @@ def reference_markdown() -> str:
             default = getattr(defaults, spec.name)
             if isinstance(default, bool):
                 default = str(default).lower()
+            elif isinstance(default, tuple):
+                default = ",".join(map(str, default))
             elif isinstance(default, dict):
                 default = json.dumps(default)
             default = f"`{default}`" if default != "" else "(empty)"

@@ -74,10 +74,11 @@ class Sample:
 
 
 def choose_documents(subject_sets: Iterable[Iterable[int]], max_docs: int,
-                     tuning_docs: int = 0) -> Sample:
+                     tuning_docs: int = 0, min_tuning_docs: int = 1) -> Sample:
     """Choose at most ``max_docs`` documents with subjects (0 = all of them)
     for the ranker, after ``tuning_docs`` at random (at most half of those with
-    subjects) for fine-tuning."""
+    subjects) for fine-tuning; none when half of those with subjects are
+    fewer than ``min_tuning_docs``."""
     lengths, flat = [], []
     for subjects in subject_sets:
         ids = list(subjects)
@@ -91,7 +92,7 @@ def choose_documents(subject_sets: Iterable[Iterable[int]], max_docs: int,
     distinct = np.unique(subject_of)
     tuning = None
     eligible = has_subjects
-    if tuning_docs:
+    if tuning_docs and n_with // 2 >= min_tuning_docs:
         tuning = np.zeros(len(lengths), dtype=bool)
         size = min(tuning_docs, n_with // 2)
         tuning[np.random.default_rng(SEED).choice(

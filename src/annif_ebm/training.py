@@ -27,7 +27,7 @@ from . import cache, model_files
 from .chunking import Chunker, chunk_texts
 from .embedding import (check_no_own_model_with_api, distill_static_model, load_encoder,
                         model_location, resolve_device)
-from .finetune import preferred_labels, tune_model, tuning_pairs
+from .finetune import MIN_TUNING_DOCS, preferred_labels, tune_model, tuning_pairs
 from .features import FEATURE_NAMES, disabled_families, uses_training_documents
 from .knn import VECTOR_DTYPE, TrainingDocuments, pool_documents
 from .labels import LabelSet, vocabulary_labels, vocabulary_relations
@@ -108,6 +108,15 @@ def train(target: Target, corpus: DocumentCorpus, p: EbmParams) -> None:
         target.warning(warning)
     labels = _labels(target, p)
     sample = _sample(target, corpus, p)
+    if p.finetune.finetune and not sample.n_tuning:
+        if "finetune" in p.explicit:
+            raise NotSupportedException(
+                f"training backend {target.backend_id}: finetune=true needs at least 2 "
+                f"documents with subjects ({sample.n_with_subjects} given)")
+        target.info(f"the embedding model is not fine-tuned: {sample.n_with_subjects} "
+                    f"documents with subjects are too few (fine-tuning sets half of them, "
+                    f"at least {MIN_TUNING_DOCS}, aside); finetune=true tunes it anyway")
+        p = p.replace(finetune=False)
     files = model_files.RunFiles.new(p.embedding.static_embedding, p.finetune.finetune)
     timer = StageTimer()
     run, kept = None, False
@@ -183,7 +192,9 @@ def _sample(target: Target, corpus: DocumentCorpus, p: EbmParams) -> Sample:
                 yield ()
 
     tuning_docs = p.finetune.finetune_docs if p.finetune.finetune else 0
-    sample = choose_documents(subject_sets(), p.ranker.max_train_docs, tuning_docs)
+    # left at its default, fine-tuning needs enough documents to be worth them
+    least = 1 if "finetune" in p.explicit else MIN_TUNING_DOCS
+    sample = choose_documents(subject_sets(), p.ranker.max_train_docs, tuning_docs, least)
     sample = dataclasses.replace(sample, n_without_text=without_text)
     target.info(sample.describe())
     if sample.n_selected == 0:
@@ -261,7 +272,7 @@ def _embed(target: Target, labels: LabelSet, run: TrainingRun, p: EbmParams,
     vectors, embedded = run.cache.vectors(
         labels.texts, cache.embedding_space(p.embedding, "document", own_dir),
         encoder.dimension, encoder.encode_documents, "labels", True)
-    target.info(f"{len(labels)} labels: embedded {embedded} with {p.embedding.model}, "
+    target.info(f"{len(labels)} labels: embedded {embedded} with {encoder.source}, "
                 f"{len(labels) - embedded} from the embedding cache")
     project = target.project
     write_store(
