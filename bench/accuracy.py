@@ -35,6 +35,9 @@ PROJECTS = {
     # fine-tuned on the project's own data (issue 19)
     "ebm-finetune": "backend=ebm\nfinetune=true",
     "ebm-static-finetune": "backend=ebm\nstatic_embedding=true\nfinetune=true",
+    # a static model is cheap to tune: on more documents
+    "ebm-static-finetune-20k": "backend=ebm\nstatic_embedding=true\nfinetune=true\n"
+                               "finetune_docs=20000",
     # ablation of the feature families (issue 6); ebm-labels-only has none of them
     "ebm-no-knn": "backend=ebm\nknn_neighbors=0",
     "ebm-no-prior": "backend=ebm\nuse_prior=false",

@@ -1,7 +1,8 @@
 """The Annif backend: translates between Annif and the EBM modules.
 
 It validates, calls and commits; training runs in :mod:`annif_ebm.training`
-(and :mod:`annif_ebm.fit`), suggesting in :mod:`annif_ebm.suggest`.
+(and :mod:`annif_ebm.fit`), ``annif learn`` in :mod:`annif_ebm.learning`,
+suggesting in :mod:`annif_ebm.suggest`.
 """
 
 from __future__ import annotations
@@ -11,11 +12,11 @@ import os
 import threading
 from typing import TYPE_CHECKING, Any
 
-from annif.backend.backend import AnnifBackend
+from annif.backend.backend import AnnifLearningBackend
 from annif.exception import OperationFailedException
 from annif.suggestion import SuggestionBatch
 
-from . import fit, suggest, training
+from . import fit, learning, model_files, suggest, training
 from .chunking import Chunker
 from .embedding import Encoder, encoder_key, load_encoder
 from .params import EbmParams
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
     from annif.corpus import Document, DocumentCorpus
 
 
-class EbmBackend(AnnifBackend):
+class EbmBackend(AnnifLearningBackend):
     """Embedding-Based Matching: nearest vocabulary labels of text chunks,
     ranked by a gradient-boosted model."""
 
@@ -35,6 +36,7 @@ class EbmBackend(AnnifBackend):
         super().__init__(backend_id, config_params, project)
         self._lock = threading.RLock()
         self._model: suggest.LoadedModel | None = None
+        self._model_stamp = None  # of the metadata file the model was loaded from
         self._encoder: tuple[str, Encoder] | None = None  # (key, encoder)
         self._chunker: Chunker | None = None
         self._active = None
@@ -67,8 +69,12 @@ class EbmBackend(AnnifBackend):
     # ---- loading ----
 
     def _load_model(self) -> suggest.LoadedModel:
+        """The model, loaded again when another process (train, learn) has
+        committed a new one since."""
+        stamp = model_files.metadata_stamp(self.datadir)
         with self._lock:
-            if self._model is None:
+            if self._model is None or self._model_stamp != stamp:
+                self._model = None
                 params = self._parse(self.params)
                 model = suggest.load_model(self.datadir, self.backend_id,
                                            params.general.duckdb_threads)
@@ -76,7 +82,7 @@ class EbmBackend(AnnifBackend):
                 stored = params.with_stored_model(model.metadata.model, check=False)
                 if warning := stored.language_warning(self.project.language):
                     self.warning(warning)
-                self._model = model
+                self._model, self._model_stamp = model, stamp
             return self._model
 
     def initialize(self, parallel: bool = False) -> None:
@@ -113,6 +119,20 @@ class EbmBackend(AnnifBackend):
             ) from err
         with self._lock:
             self._model = None
+
+    # ---- learning (annif learn; the project needs allow_learn=true) ----
+
+    def _learn(self, corpus: DocumentCorpus, params: dict[str, Any]) -> None:
+        model = self._load_model()
+        p = self._parse(params).with_stored_model(model.metadata.model)
+        target = self._target()
+        training.remove_leftovers(target)
+        own_dir = model.metadata.model_dir
+        encoder = self._encoder_for(p, os.path.join(self.datadir, own_dir) if own_dir else None)
+        suggest.check_dimension(encoder, model.store, bool(p.api.api_url))
+        learning.learn(target, corpus, p, model.metadata, encoder, self._chunker_for(p))
+        with self._lock:
+            self._model = None  # the next suggest reads the new store
 
     # ---- suggesting ----
 

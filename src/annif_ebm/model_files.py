@@ -107,6 +107,16 @@ def _check_file_name(name: object, path: str) -> str:
     return name
 
 
+def metadata_stamp(datadir: str) -> tuple[int, int, int] | None:
+    """Changes whenever a new model is committed (the metadata file is
+    replaced); None when there is none."""
+    try:
+        status = os.stat(os.path.join(datadir, METADATA_FILE))
+    except OSError:
+        return None
+    return status.st_ino, status.st_mtime_ns, status.st_size
+
+
 def load_metadata(datadir: str, backend_id: str) -> ModelMetadata:
     path = os.path.join(datadir, METADATA_FILE)
     if not os.path.exists(path):

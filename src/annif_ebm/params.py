@@ -39,7 +39,7 @@ class Kind(enum.Enum):
 
 # Project-level settings that Annif puts into every backend's parameters.
 ANNIF_SETTINGS = frozenset(
-    {"name", "language", "backend", "vocab", "analyzer", "transform", "access"}
+    {"name", "language", "backend", "vocab", "analyzer", "transform", "access", "allow_learn"}
 )
 
 

@@ -15,6 +15,7 @@ import contextlib
 import os
 import pathlib
 import threading
+from collections.abc import Iterator
 
 import duckdb
 import numpy as np
@@ -134,29 +135,70 @@ def write_store(
         con.close()
 
 
-def write_training_documents(path: str, documents: TrainingDocuments, threads: int = 0) -> None:
-    """Add the training documents (kNN and priors) to the store file at
-    ``path``; only while training, before anything reads the store (a
-    :class:`LabelStore` opened earlier does not see them)."""
-    dim = documents.vectors.shape[1]
-    doc = np.repeat(np.arange(len(documents), dtype=np.int32), np.diff(documents.offsets))
-    # under the capped pool, DuckDB writes the pages beyond it to the file
-    # (or spills) instead of holding all of them until the end
+class TrainingDocumentsWriter:
+    """Appends training documents (kNN and priors) to a store file, numbered
+    on from those it holds; the tables are made where it has none. Only while
+    nothing reads the file (a :class:`LabelStore` opened earlier does not see
+    what it adds)."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, dimension: int) -> None:
+        self.con = con
+        con.execute(f"CREATE TABLE IF NOT EXISTS store.train_docs (doc INTEGER, "
+                    f"vec FLOAT[{dimension}])")
+        con.execute("CREATE TABLE IF NOT EXISTS store.train_subjects "
+                    "(doc INTEGER, concept_id INTEGER)")
+        self.n_documents = con.execute("SELECT count(*) FROM store.train_docs").fetchone()[0]
+
+    def add(self, documents: TrainingDocuments) -> None:
+        """Append ``documents`` (a bounded number of vectors copied at a time)."""
+        first = self.n_documents
+        for start in range(0, len(documents), INSERT_ROWS):
+            vectors = documents.vectors[start : start + INSERT_ROWS].astype(np.float32)
+            self._insert("train_docs", {
+                "doc": np.arange(first + start, first + start + len(vectors), dtype=np.int32),
+                "vec": vectors})
+        owner = np.repeat(np.arange(len(documents), dtype=np.int32), np.diff(documents.offsets))
+        self._insert("train_subjects", {"doc": owner + np.int32(first),
+                                        "concept_id": documents.subjects})
+        self.n_documents += len(documents)
+
+    def keep_newest(self, n: int) -> int:
+        """Drop all but the ``n`` last documents (the others keep their order,
+        numbered from 0); return how many went."""
+        dropped = max(0, self.n_documents - n)
+        if dropped:
+            for table in ("train_docs", "train_subjects"):
+                self.con.execute(f"DELETE FROM store.{table} WHERE doc < ?", [dropped])
+                self.con.execute(f"UPDATE store.{table} SET doc = doc - ?", [dropped])
+            self.n_documents -= dropped
+        return dropped
+
+    def _insert(self, table: str, columns: dict) -> None:
+        self.con.register("new_rows", pl.DataFrame(columns))
+        self.con.execute(f"INSERT INTO store.{table} SELECT * FROM new_rows")
+        self.con.unregister("new_rows")
+
+
+@contextlib.contextmanager
+def training_documents_writer(path: str, dimension: int,
+                              threads: int = 0) -> Iterator[TrainingDocumentsWriter]:
+    """A :class:`TrainingDocumentsWriter` on the store file at ``path``,
+    checkpointed at the end. Under the capped pool DuckDB writes the pages
+    beyond it to the file (or spills) instead of holding all of them."""
     with duckdb_pool.spill_directory(os.path.dirname(os.path.abspath(path))) as spill, \
             duckdb_pool.connect(":memory:", spill, threads=threads) as con:
+        load_vss(con)  # a store with an HNSW index is written with the extension only
+        con.execute("SET hnsw_enable_experimental_persistence = true")
         con.execute(f"ATTACH {_quoted(path)} AS store")
-        con.execute(f"CREATE TABLE store.train_docs (doc INTEGER, vec FLOAT[{dim}])")
-        con.execute("CREATE TABLE store.train_subjects (doc INTEGER, concept_id INTEGER)")
-        for start in range(0, len(documents), INSERT_ROWS):  # bounded copies
-            vectors = documents.vectors[start : start + INSERT_ROWS].astype(np.float32)
-            con.register("new_docs", pl.DataFrame({
-                "doc": np.arange(start, start + len(vectors), dtype=np.int32),
-                "vec": vectors}))
-            con.execute("INSERT INTO store.train_docs SELECT * FROM new_docs")
-            con.unregister("new_docs")
-        con.register("new_subjects", pl.DataFrame({"doc": doc, "concept_id": documents.subjects}))
-        con.execute("INSERT INTO store.train_subjects SELECT * FROM new_subjects")
+        yield TrainingDocumentsWriter(con, dimension)
         con.execute("CHECKPOINT store")
+
+
+def write_training_documents(path: str, documents: TrainingDocuments, threads: int = 0) -> None:
+    """Add the training documents (kNN and priors) to the new store file at
+    ``path``, while training."""
+    with training_documents_writer(path, documents.vectors.shape[1], threads) as writer:
+        writer.add(documents)
 
 
 class LabelStore:

@@ -62,7 +62,7 @@ class Target:
     warning: Callable[[str], None]
 
 
-def _documents(corpus: DocumentCorpus) -> Iterator[Document]:
+def read_documents(corpus: DocumentCorpus) -> Iterator[Document]:
     """The corpus' documents; a file that is not UTF-8 is a clear error (Annif
     reads corpora strictly as UTF-8)."""
     try:
@@ -102,7 +102,7 @@ def remove_leftovers(target: Target) -> None:
 
 def train(target: Target, corpus: DocumentCorpus, p: EbmParams) -> None:
     """A full run: embed, collect candidates, fit the ranker, commit."""
-    if next(_documents(corpus), None) is None:
+    if next(read_documents(corpus), None) is None:
         raise NotSupportedException(f"training backend {target.backend_id} with no documents")
     if warning := p.language_warning(target.project.language):
         target.warning(warning)
@@ -184,7 +184,7 @@ def _sample(target: Target, corpus: DocumentCorpus, p: EbmParams) -> Sample:
 
     def subject_sets():
         nonlocal without_text
-        for doc in _documents(corpus):
+        for doc in read_documents(corpus):
             if chunker.has_content(doc.text):
                 yield doc.subject_set
             else:
@@ -229,7 +229,7 @@ def _own_model(target: Target, corpus: DocumentCorpus, labels: LabelSet, sample:
     else:
         source, local = model_location(p.embedding.model)
     documents = ((doc.text, doc.subject_set)
-                 for doc, keep in zip(_documents(corpus), sample.tuning) if keep)
+                 for doc, keep in zip(read_documents(corpus), sample.tuning) if keep)
     pairs = tuning_pairs(documents, labels)
     target.info(f"fine-tuning {p.embedding.model} on {pairs.describe()} of "
                 f"{sample.n_tuning} documents")
@@ -251,7 +251,7 @@ def _chunk(corpus: DocumentCorpus, sample: Sample, run: TrainingRun, language: s
     if "knn" not in disabled_families(p.features):
         passes.append(("chunk kNN documents", sample.others(p.features.knn_docs)))
     for description, chosen in passes:
-        documents = (doc for doc, keep in zip(_documents(corpus), chosen) if keep)
+        documents = (doc for doc, keep in zip(read_documents(corpus), chosen) if keep)
         with progress_bar(int(chosen.sum()), description, "doc") as bar:
             for batch in _batched(documents, TRAIN_BATCH_DOCS):
                 with timer.stage("chunk"):
