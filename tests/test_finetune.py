@@ -11,7 +11,7 @@ from annif.exception import OperationFailedException
 
 from annif_ebm.embedding import model_location
 from annif_ebm.finetune import (TuningPairs, learning_rate, preferred_labels, tune_model,
-                               tuning_pairs, with_random_negatives)
+                               tuning_documents, tuning_pairs, with_random_negatives)
 from annif_ebm.labels import LabelSet
 from annif_ebm.params import DEFAULT_MODEL, EbmParams
 from annif_ebm.sampling import choose_documents
@@ -107,6 +107,12 @@ def test_pairs_that_mining_left_without_negatives_get_random_prefLabels():
         assert {first, second} <= set(corpus)
     # reproducible
     assert with_random_negatives(pairs, mined, corpus, 2) == rows
+
+
+def test_tuning_documents_default_depends_on_the_model_kind():
+    assert tuning_documents(settings().finetune, static=False) == 1000
+    assert tuning_documents(settings().finetune, static=True) == 20_000
+    assert tuning_documents(settings(finetune_docs="300").finetune, static=True) == 300
 
 
 def test_learning_rate_default_depends_on_the_model_kind():

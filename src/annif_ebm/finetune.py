@@ -35,6 +35,11 @@ from .progress import progress_bar
 
 SEED = 42
 MAX_TEXT_CHARS = 4000  # of a document: more than finetune_max_tokens ever reads
+# documents to tune on by default. A static model tunes at a small share of a
+# transformer's cost and gains from more: yso-finna-en F1@5 0.1340 from 1,000,
+# 0.1546 from 20,000 (frozen static 0.1273, frozen transformer 0.1741)
+TRANSFORMER_TUNING_DOCS = 1000
+STATIC_TUNING_DOCS = 20_000
 TRANSFORMER_LEARNING_RATE = 5e-5
 STATIC_LEARNING_RATE = 0.01
 # nearest prefLabels searched for a pair's hard negatives: where the model ranks
@@ -97,6 +102,13 @@ def tuning_pairs(documents: Iterable[tuple[str, Iterable[int]]], labels: LabelSe
     anchors += [a for a, _ in alt]
     positives += [p for _, p in alt]
     return TuningPairs(anchors, positives, n_document_pairs)
+
+
+def tuning_documents(settings: FinetuneSettings, static: bool) -> int:
+    """How many documents to tune on: ``finetune_docs``, else by model kind."""
+    if settings.finetune_docs:
+        return settings.finetune_docs
+    return STATIC_TUNING_DOCS if static else TRANSFORMER_TUNING_DOCS
 
 
 def learning_rate(settings: FinetuneSettings, static: bool) -> float:

@@ -429,11 +429,12 @@ class FinetuneSettings:
         "models trained before this parameter existed are frozen",
     )
     finetune_docs: int = _param(
-        1000,
+        0,
         Kind.TRAIN,
-        _int_at_least(1),
+        _int_at_least(0),
         "training documents the model is tuned on, chosen at random and kept out of "
-        "the ranker's sample (at most half of the documents with subjects)",
+        "the ranker's sample (at most half of the documents with subjects); 0 = 1000 "
+        "for a transformer, 20000 for a static model (cheap to tune)",
     )
     finetune_epochs: int = _param(1, Kind.TRAIN, _int_at_least(1), "passes over the pairs")
     finetune_batch_size: int = _param(

@@ -27,7 +27,8 @@ from . import cache, model_files
 from .chunking import Chunker, chunk_texts
 from .embedding import (check_no_own_model_with_api, distill_static_model, load_encoder,
                         model_location, resolve_device)
-from .finetune import MIN_TUNING_DOCS, preferred_labels, tune_model, tuning_pairs
+from .finetune import (MIN_TUNING_DOCS, preferred_labels, tune_model, tuning_documents,
+                       tuning_pairs)
 from .features import FEATURE_NAMES, disabled_families, uses_training_documents
 from .knn import VECTOR_DTYPE, TrainingDocuments, pool_documents
 from .labels import LabelSet, vocabulary_labels, vocabulary_relations
@@ -191,7 +192,8 @@ def _sample(target: Target, corpus: DocumentCorpus, p: EbmParams) -> Sample:
                 without_text += bool(doc.subject_set)
                 yield ()
 
-    tuning_docs = p.finetune.finetune_docs if p.finetune.finetune else 0
+    tuning_docs = (tuning_documents(p.finetune, p.embedding.static_embedding)
+                   if p.finetune.finetune else 0)
     # left at its default, fine-tuning needs enough documents to be worth them
     least = 1 if "finetune" in p.explicit else MIN_TUNING_DOCS
     sample = choose_documents(subject_sets(), p.ranker.max_train_docs, tuning_docs, least)
