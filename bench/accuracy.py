@@ -14,7 +14,6 @@ Writes bench/results/accuracy-<dataset>-<date>.md and prints it.
 from __future__ import annotations
 
 import argparse
-import datetime
 import itertools
 import json
 import os
@@ -24,8 +23,7 @@ from pathlib import Path
 
 import metrics
 from annif_ebm.model_files import CACHE_FILE
-from common import (BENCH, DATA_ROOT, DATASETS, RESULTS, machine_facts, markdown_table,
-                    time_stats, timed_run)
+from common import BENCH, DATA_ROOT, DATASETS, time_stats, timed_run, write_report
 
 BIN = Path(sys.executable).parent
 PROJECTS = {
@@ -176,24 +174,14 @@ def main() -> None:
     columns = ["system", "F1@5", "NDCG", "Precision@1", "Recall@5", "Seen-R@5", "Unseen-R@5",
                "train_s",
                "train_rss_mb", "suggest_docs_s", "suggest_rss_mb"]
-    text = "\n".join([
-        f"# Accuracy: {args.dataset}", "",
-        *machine_facts(),
+    write_report(f"accuracy-{args.dataset}", args.tag, f"Accuracy: {args.dataset}", [
         f"- data: vocab `{vocab.name}`, train `{train.name}`, validate `{validate.name}` "
         f"({len(gold)} documents)",
-        f"- command: `python bench/{Path(__file__).name} {' '.join(sys.argv[1:])}`",
         "- train_s / *_rss_mb: wall time and peak RSS of the whole `annif train` / suggest "
         "process; suggest_docs_s excludes model loading",
         f"- Unseen-R@5 / Seen-R@5: recall@5 over the validate gold subjects that no / some "
         f"training document has ({sum(len(g - seen) for g in gold)} / "
-        f"{sum(len(g & seen) for g in gold)} of {sum(len(g) for g in gold)})", "",
-        markdown_table(rows, columns), "",
-    ])
-    RESULTS.mkdir(exist_ok=True)
-    tag = f"-{args.tag}" if args.tag else ""
-    out = RESULTS / f"accuracy-{args.dataset}-{datetime.date.today()}{tag}.md"
-    out.write_text(text, encoding="utf-8")
-    print(text)
+        f"{sum(len(g & seen) for g in gold)} of {sum(len(g) for g in gold)})"], rows, columns)
 
 
 def reference_row(python, vocab, train, validate, refdir, gold, seen, trained=False) -> dict:

@@ -137,3 +137,20 @@ def markdown_table(rows: list[dict], columns: list[str]) -> str:
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(cell(row.get(c)) for c in columns) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def write_report(name: str, tag: str, title: str, facts: list[str], rows: list[dict],
+                 columns: list[str]) -> str:
+    """Write bench/results/<name>-<date>[-<tag>].md: the title, the machine,
+    ``facts`` (list items), the command that ran and the table; print it."""
+    script = Path(sys.argv[0]).name
+    text = "\n".join([
+        f"# {title}", "", *machine_facts(), *facts,
+        f"- command: `python bench/{script} {' '.join(sys.argv[1:])}`", "",
+        markdown_table(rows, columns), "",
+    ])
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / f"{name}-{datetime.date.today()}{'-' + tag if tag else ''}.md"
+    out.write_text(text, encoding="utf-8")
+    print(text)
+    return text

@@ -25,7 +25,6 @@ Writes bench/results/ranker-variants-DATASET-DATE[-TAG].md.
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
 import sys
 from pathlib import Path
@@ -34,7 +33,7 @@ import numpy as np
 import polars as pl
 
 import metrics
-from common import BENCH, DATA_ROOT, DATASETS, RESULTS, machine_facts, markdown_table
+from common import BENCH, DATA_ROOT, DATASETS, write_report
 
 
 def training_candidates(datadir: Path, project: str) -> pl.DataFrame:
@@ -201,17 +200,10 @@ def main() -> None:
         rows.append(row)
         print(row, flush=True)
     columns = ["variant", "F1@5", "NDCG", "Precision@1", "Recall@5", "Seen-R@5", "Unseen-R@5"]
-    text = "\n".join([
-        f"# Ranker variants: {args.dataset}", "", *machine_facts(),
+    write_report(f"ranker-variants-{args.dataset}", args.tag, f"Ranker variants: {args.dataset}", [
         f"- candidates: {train.height} training rows from `{args.project}`'s "
-        f"`ebm-train.duckdb`, {found.height} validate rows ({len(gold)} documents)",
-        f"- command: `python bench/{Path(__file__).name} {' '.join(sys.argv[1:])}`", "",
-        markdown_table(rows, columns), ""])
-    RESULTS.mkdir(exist_ok=True)
-    tag = f"-{args.tag}" if args.tag else ""
-    out = RESULTS / f"ranker-variants-{args.dataset}-{datetime.date.today()}{tag}.md"
-    out.write_text(text, encoding="utf-8")
-    print(text)
+        f"`ebm-train.duckdb`, {found.height} validate rows ({len(gold)} documents)"],
+        rows, columns)
 
 
 if __name__ == "__main__":

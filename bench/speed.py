@@ -20,7 +20,6 @@ so --reference-train-limit may keep that short.
 from __future__ import annotations
 
 import argparse
-import datetime
 import itertools
 import json
 import os
@@ -32,7 +31,7 @@ from pathlib import Path
 
 from annif.corpus import Document
 
-from common import BENCH, RESULTS, annif_project, machine_facts, markdown_table, timed_run
+from common import BENCH, annif_project, timed_run, write_report
 
 
 def reference_docs_per_second(args, texts_path: str) -> float:
@@ -133,17 +132,9 @@ def main() -> None:
     stage_median = {k: statistics.median(s.get(k, 0.0) for s in stages)
                     for k in ("chunk", "embed", "search", "knn", "features", "rank")}
     rows += [{"measure": f"stage {k} s", "value": v} for k, v in stage_median.items()]
-    text = "\n".join([
-        f"# Speed: {args.project} on {Path(args.corpus).name}", "", *machine_facts(),
-        f"- command: `python bench/speed.py {' '.join(sys.argv[1:])}`",
-        f"- medians of {args.repeats} runs", "",
-        markdown_table(rows, ["measure", "value"]), "",
-    ])
-    RESULTS.mkdir(exist_ok=True)
-    tag = f"-{args.tag}" if args.tag else ""
-    out = RESULTS / f"speed-{Path(args.corpus).parent.name}-{datetime.date.today()}{tag}.md"
-    out.write_text(text, encoding="utf-8")
-    print(text)
+    write_report(f"speed-{Path(args.corpus).parent.name}", args.tag,
+                 f"Speed: {args.project} on {Path(args.corpus).name}",
+                 [f"- medians of {args.repeats} runs"], rows, ["measure", "value"])
 
 
 if __name__ == "__main__":
