@@ -30,6 +30,7 @@ from .knn import TrainingDocuments, pool_documents
 from .params import EbmParams
 from .progress import progress_bar
 from .store import training_documents_writer
+from .training import read_documents
 
 if TYPE_CHECKING:
     from annif.corpus import Document, DocumentCorpus
@@ -66,10 +67,12 @@ def learn(target: Target, corpus: DocumentCorpus, p: EbmParams,
                 f"of the vocabulary ({skipped} skipped); the project is unchanged",
                 backend_id=target.backend_id)
         model_files.publish(target.datadir, name)
-        model_files.commit(target.datadir, metadata.replace(store_file=name))
     except BaseException:
         model_files.discard(target.datadir, name)
         raise
+    # until this replaces the metadata the old store is the model's; if it
+    # fails, the next train or learn removes the new one
+    model_files.commit(target.datadir, metadata.replace(store_file=name))
     kept = f"; the {dropped} oldest dropped (knn_docs={p.features.knn_docs})" if dropped else ""
     target.info(f"learnt {added} documents into the kNN memory and priors ({skipped} without "
                 f"text or subjects skipped){kept}")
@@ -80,8 +83,6 @@ def _add_documents(path: str, corpus: DocumentCorpus, encoder: Encoder, chunker:
                    dimension: int, p: EbmParams) -> tuple[int, int, int]:
     """Append the documents to the store copy at ``path``, then apply
     ``knn_docs``; return (added, skipped, dropped)."""
-    from .training import read_documents  # the corpus read as training reads it
-
     added = skipped = 0
     total = sum(1 for _ in read_documents(corpus))  # a first pass reads texts only, for ETA
     with training_documents_writer(path, dimension, p.general.duckdb_threads) as writer, \
