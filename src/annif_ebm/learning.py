@@ -86,7 +86,7 @@ def _add_documents(path: str, corpus: DocumentCorpus, encoder: Encoder, chunker:
     added = skipped = 0
     total = sum(1 for _ in read_documents(corpus))  # a first pass reads texts only, for ETA
     with training_documents_writer(path, dimension, p.general.duckdb_threads) as writer, \
-            progress_bar(total, "learn documents", "docs") as bar:
+            progress_bar(total, "learn documents", "doc") as bar:
         for batch in _batches(read_documents(corpus)):
             usable = [doc for doc in batch if doc.subject_set and chunker.has_content(doc.text)]
             skipped += len(batch) - len(usable)
