@@ -13,8 +13,9 @@ prefLabels rather than being dropped). The loss is MultipleNegativesRankingLoss
 (its cached variant for large batches): each pair's positive against the
 batch's other positives and the mined negatives; no batch holds the same text
 twice. With ``truncate_dim`` (or ``finetune_matryoshka_dims``) MatryoshkaLoss
-around it trains the truncated vectors too. sentence-transformers' trainer runs it; the tuned model is saved for
-the project, which then needs neither the base model nor the network.
+around it trains the truncated vectors too. sentence-transformers' trainer
+runs it; the tuned model is saved for the project, which then needs neither
+the base model nor the network.
 """
 
 from __future__ import annotations

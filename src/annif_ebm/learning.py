@@ -13,10 +13,8 @@ oldest documents (the training run's first, then the earliest learnt) go.
 
 from __future__ import annotations
 
-import itertools
 import os
 import shutil
-from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -30,19 +28,14 @@ from .knn import TrainingDocuments, pool_documents
 from .params import EbmParams
 from .progress import progress_bar
 from .store import training_documents_writer
-from .training import read_documents
+from .training import batched, read_documents
 
 if TYPE_CHECKING:
-    from annif.corpus import Document, DocumentCorpus
+    from annif.corpus import DocumentCorpus
 
     from .training import Target
 
 LEARN_BATCH = 256  # documents embedded and added at a time
-
-
-def _batches(documents: Iterator[Document]) -> Iterator[list[Document]]:
-    while batch := list(itertools.islice(documents, LEARN_BATCH)):
-        yield batch
 
 
 def learn(target: Target, corpus: DocumentCorpus, p: EbmParams,
@@ -87,7 +80,7 @@ def _add_documents(path: str, corpus: DocumentCorpus, encoder: Encoder, chunker:
     total = sum(1 for _ in read_documents(corpus))  # a first pass reads texts only, for ETA
     with training_documents_writer(path, dimension, p.general.duckdb_threads) as writer, \
             progress_bar(total, "learn documents", "doc") as bar:
-        for batch in _batches(read_documents(corpus)):
+        for batch in batched(read_documents(corpus), LEARN_BATCH):
             usable = [doc for doc in batch if doc.subject_set and chunker.has_content(doc.text)]
             skipped += len(batch) - len(usable)
             bar.update(len(batch))

@@ -75,7 +75,8 @@ def read_documents(corpus: DocumentCorpus) -> Iterator[Document]:
         ) from None
 
 
-def _batched(iterable: Iterable, size: int) -> Iterator[list]:
+def batched(iterable: Iterable, size: int) -> Iterator[list]:
+    """Lists of ``size`` items of ``iterable`` (the last may be shorter)."""
     iterator = iter(iterable)
     while batch := list(itertools.islice(iterator, size)):
         yield batch
@@ -255,7 +256,7 @@ def _chunk(corpus: DocumentCorpus, sample: Sample, run: TrainingRun, language: s
     for description, chosen in passes:
         documents = (doc for doc, keep in zip(read_documents(corpus), chosen) if keep)
         with progress_bar(int(chosen.sum()), description, "doc") as bar:
-            for batch in _batched(documents, TRAIN_BATCH_DOCS):
+            for batch in batched(documents, TRAIN_BATCH_DOCS):
                 with timer.stage("chunk"):
                     chunked = chunk_texts(chunker, [doc.text for doc in batch])
                 run.add_documents(chunked.doc, chunked.position, chunked.chunks,
