@@ -44,7 +44,8 @@ def training_candidates(datadir: Path, project: str) -> pl.DataFrame:
 
     path = datadir / "projects" / project / TRAIN_FILE
     with duckdb.connect(str(path), read_only=True) as con:
-        return con.execute(f"SELECT doc, {', '.join(FEATURE_NAMES)}, gold FROM candidates "
+        return con.execute(f"SELECT doc, concept_id, {', '.join(FEATURE_NAMES)}, gold "
+                           "FROM candidates "
                            "ORDER BY doc, concept_id").pl()
 
 

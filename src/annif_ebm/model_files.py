@@ -90,6 +90,9 @@ class ModelMetadata:
     # with static_embedding or finetune: the folder of the project's own
     # embedding model (distilled and/or tuned), loaded instead of `model`
     model_dir: str = ""
+    # "" for a ranker trained on the project's documents, else the shipped
+    # general ranker it copies ("general" or "scale-free", see general.py)
+    ranker_source: str = ""
     package_version: str = __version__
     format_version: int = FORMAT_VERSION
     created: str = dataclasses.field(default_factory=lambda: _now().isoformat())

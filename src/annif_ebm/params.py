@@ -387,6 +387,15 @@ class RankerSettings:
         "train the ranker on at most N documents (it saturates early): half chosen "
         "to cover as many distinct gold subjects as possible, half at random; 0 = all",
     )
+    min_train_docs: int = _param(
+        500,
+        Kind.TRAIN,
+        _int_at_least(0),
+        "with fewer training documents for the ranker than this, rank with the shipped "
+        "general ranker instead of training one (the documents still serve kNN and "
+        "priors); with none at all (annif train without a corpus), always; 0 = own "
+        "ranker from 1 document",
+    )
     xgb_objective: str = _param(
         "pairwise",
         Kind.TRAIN,

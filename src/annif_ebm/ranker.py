@@ -66,10 +66,12 @@ class Ranker:
         self._threads = None
 
     @classmethod
-    def train(cls, batches: Batches, params: RankerSettings, workdir: str) -> Ranker:
+    def train(cls, batches: Batches, params: RankerSettings, workdir: str,
+              feature_names: tuple[str, ...] = FEATURE_NAMES) -> Ranker:
         """Train on ``batches()``: a fresh iterator of (features, gold flags,
-        document ids) per call, each document's rows in one batch. XGBoost's
-        page cache lives in a temporary folder in ``workdir``."""
+        document ids) per call, each document's rows in one batch, its columns
+        ``feature_names`` (a subset of :data:`FEATURE_NAMES`). XGBoost's page
+        cache lives in a temporary folder in ``workdir``."""
         n_rows = n_gold = n_batches = 0
         for _, labels, _ in batches():
             n_rows += len(labels)
@@ -86,7 +88,7 @@ class Ranker:
             with progress_bar(n_batches, "ranker data", "batch") as bar:
                 data = xgb.ExtMemQuantileDMatrix(
                     _BatchIter(batches, params, os.path.join(cache_dir, "pages"), bar,
-                               n_batches),
+                               n_batches, feature_names),
                     nthread=params.xgb_jobs or None,
                 )
             with progress_bar(params.xgb_rounds, "ranker rounds", "round") as bar:
@@ -158,13 +160,14 @@ class Ranker:
         return scores.astype(np.float32)
 
 
-def relevance(features: np.ndarray, gold: np.ndarray, params: RankerSettings) -> np.ndarray:
+def relevance(features: np.ndarray, gold: np.ndarray, params: RankerSettings,
+              feature_names: tuple[str, ...] = FEATURE_NAMES) -> np.ndarray:
     """The label of each training row: 0, or 1 for a gold subject, or
     ``unseen_relevance`` (pairwise) for a gold subject no other training
     document has (its leave-one-out prior is 0)."""
     labels = gold.astype(np.float32)
     if params.xgb_objective == "pairwise" and params.unseen_relevance != 1.0:
-        unseen = gold & (features[:, FEATURE_NAMES.index("prior")] == 0)  # NaN: no prior
+        unseen = gold & (features[:, feature_names.index("prior")] == 0)  # NaN: no prior
         labels[unseen] = params.unseen_relevance
     return labels
 
@@ -217,9 +220,11 @@ class _BatchIter(xgb.DataIter):
     """Feeds XGBoost one batch of training rows at a time; counts the first
     ``total`` batches (the first pass) on ``bar``."""
 
-    def __init__(self, batches: Batches, params: RankerSettings,
-                 cache_prefix: str, bar=None, total: int = 0) -> None:
+    def __init__(self, batches: Batches, params: RankerSettings, cache_prefix: str,
+                 bar=None, total: int = 0,
+                 feature_names: tuple[str, ...] = FEATURE_NAMES) -> None:
         self._batches = batches
+        self._names = feature_names
         self._params = params
         self._iterator = None
         self._bar, self._uncounted = bar, total
@@ -233,8 +238,8 @@ class _BatchIter(xgb.DataIter):
             return False
         features, gold, docs = batch
         pairwise = self._params.xgb_objective == "pairwise"
-        input_data(data=features, label=relevance(features, gold, self._params),
-                   qid=docs if pairwise else None, feature_names=list(FEATURE_NAMES))
+        input_data(data=features, label=relevance(features, gold, self._params, self._names),
+                   qid=docs if pairwise else None, feature_names=list(self._names))
         if self._bar is not None and self._uncounted > 0:
             self._bar.update(1)
             self._uncounted -= 1

@@ -9,6 +9,9 @@ with their features, labelled with the gold subjects) -> fit (the ranker,
 from the candidates on disk) -> commit. Every file is written under a new or
 ``tmp-`` name; :func:`model_files.commit` makes the new model the project's
 in one rename, so a failed run leaves the previous model in use.
+
+With no documents (zero-shot) or fewer than ``min_train_docs``, match and fit
+give way to a copy of a shipped general ranker (:mod:`annif_ebm.general`).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import os
+import shutil
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING
 
@@ -30,6 +34,7 @@ from .embedding import (check_no_own_model_with_api, distill_static_model, load_
 from .finetune import (MIN_TUNING_DOCS, preferred_labels, tune_model, tuning_documents,
                        tuning_pairs)
 from .features import FEATURE_NAMES, disabled_families, uses_training_documents
+from .general import GeneralRanker, general_ranker
 from .knn import VECTOR_DTYPE, TrainingDocuments, pool_documents
 from .labels import LabelSet, vocabulary_labels, vocabulary_relations
 from .matcher import Matcher
@@ -103,32 +108,43 @@ def remove_leftovers(target: Target) -> None:
 
 
 def train(target: Target, corpus: DocumentCorpus, p: EbmParams) -> None:
-    """A full run: embed, collect candidates, fit the ranker, commit."""
-    if next(read_documents(corpus), None) is None:
-        raise NotSupportedException(f"training backend {target.backend_id} with no documents")
+    """A full run: embed, collect candidates, fit the ranker, commit. With no
+    training documents (zero-shot), or fewer than ``min_train_docs``, the run
+    embeds the labels (and stores the documents for kNN and priors) and ranks
+    with a shipped general ranker instead of fitting its own."""
     if warning := p.language_warning(target.project.language):
         target.warning(warning)
     labels = _labels(target, p)
-    sample = _sample(target, corpus, p)
-    if p.finetune.finetune and not sample.n_tuning:
-        if "finetune" in p.explicit:
+    if next(read_documents(corpus), None) is None:
+        sample = None
+        if p.finetune.finetune and "finetune" in p.explicit:
             raise NotSupportedException(
                 f"training backend {target.backend_id}: finetune=true needs at least 2 "
-                f"documents with subjects ({sample.n_with_subjects} given)")
-        target.info(f"the embedding model is not fine-tuned: {sample.n_with_subjects} "
-                    f"documents with subjects are too few (fine-tuning sets half of them, "
-                    f"at least {MIN_TUNING_DOCS}, aside); finetune=true tunes it anyway")
+                "documents with subjects (the training corpus is empty)")
         p = p.replace(finetune=False)
+    else:
+        sample = _sample(target, corpus, p)
+        if p.finetune.finetune and not sample.n_tuning:
+            if "finetune" in p.explicit:
+                raise NotSupportedException(
+                    f"training backend {target.backend_id}: finetune=true needs at least 2 "
+                    f"documents with subjects ({sample.n_with_subjects} given)")
+            target.info(f"the embedding model is not fine-tuned: {sample.n_with_subjects} "
+                        f"documents with subjects are too few (fine-tuning sets half of "
+                        f"them, at least {MIN_TUNING_DOCS}, aside); finetune=true tunes it "
+                        "anyway")
+            p = p.replace(finetune=False)
+    shipped = _shipped_ranker(target, sample, p)
     files = model_files.RunFiles.new(p.embedding.static_embedding, p.finetune.finetune)
     timer = StageTimer()
     run, kept = None, False
     try:
         location = _own_model(target, corpus, labels, sample, p, files, timer)
         run = TrainingRun(target.datadir, p.general.duckdb_threads)
-        _chunk(corpus, sample, run, target.project.language, p, timer)
+        if sample is not None:
+            _chunk(corpus, sample, run, target.project.language, p, timer)
         chunk_vectors, search_device = _embed(target, labels, run, p, files, location, timer)
         release_memory()  # the encoder
-        _match(target, run, chunk_vectors, sample, p, files, search_device, timer)
         metadata = model_files.ModelMetadata(
             store_file=files.store_file,
             ranker_file=files.ranker_file,
@@ -137,9 +153,20 @@ def train(target: Target, corpus: DocumentCorpus, p: EbmParams) -> None:
             feature_names=list(FEATURE_NAMES),
             train_params=p.of_kind(Kind.TRAIN),
             n_labels=len(labels),
-            n_train_docs=sample.n_selected,
+            n_train_docs=0 if sample is None else sample.n_selected,
             model_dir=files.model_dir,
+            ranker_source=shipped.name if shipped else "",
         )
+        if shipped is not None:
+            _store_training_documents(target, run, chunk_vectors, p, files)
+            run.abort()  # no candidates: nothing for train --cached
+            shutil.copyfile(shipped.path, os.path.join(
+                target.datadir, model_files.tmp_name(files.ranker_file)))
+            model_files.publish(target.datadir, files.ranker_file)
+            model_files.commit(target.datadir, metadata)
+            target.info("model saved")
+            return
+        _match(target, run, chunk_vectors, sample, p, files, search_device, timer)
         # the candidates' model, without a ranker yet (for train --cached)
         train_path = run.finish(dataclasses.asdict(metadata.replace(ranker_file="")))
         try:
@@ -165,6 +192,24 @@ def train(target: Target, corpus: DocumentCorpus, p: EbmParams) -> None:
                 run.abort()
             files.discard(target.datadir)
         raise
+
+
+def _shipped_ranker(target: Target, sample: Sample | None,
+                    p: EbmParams) -> GeneralRanker | None:
+    """The shipped general ranker where the project has too few training
+    documents for its own (logged); None where it trains its own."""
+    if sample is None:
+        why = ("the training corpus is empty: a zero-shot model, the vocabulary's labels "
+               "matched by meaning")
+    elif sample.n_selected < p.ranker.min_train_docs:
+        why = (f"{sample.n_selected} training documents are fewer than min_train_docs="
+               f"{p.ranker.min_train_docs}: they join the kNN memory and priors")
+    else:
+        return None
+    shipped = general_ranker(p.model_settings())
+    target.info(f"{why}; ranking with {shipped.describe}; 'annif learn' adds documents "
+                "(allow_learn=true), 'annif train' with more documents trains its own ranker")
+    return shipped
 
 
 def _labels(target: Target, p: EbmParams) -> LabelSet:
@@ -292,8 +337,9 @@ def _embed(target: Target, labels: LabelSet, run: TrainingRun, p: EbmParams,
         chunk_vectors = run.embed_chunks(
             cache.embedding_space(p.embedding, "query", own_dir),
             encoder.dimension, encoder.encode_queries, True)
-    target.info(f"embedded {chunk_vectors.embedded} new chunks (the rest from the "
-                "embedding cache)")
+    if run.n_docs:
+        target.info(f"embedded {chunk_vectors.embedded} new chunks (the rest from the "
+                    "embedding cache)")
     return chunk_vectors, encoder.search_device
 
 
@@ -303,11 +349,7 @@ def _match(target: Target, run: TrainingRun, chunk_vectors: ChunkVectors, sample
     """Store the training documents for kNN and priors, then the sample's
     candidates (the sample's documents come first in the run)."""
     store_path = os.path.join(target.datadir, files.store_file)
-    training = None
-    if uses_training_documents(p.features):
-        training = _training_documents(run, chunk_vectors)
-        write_training_documents(store_path, training, p.general.duckdb_threads)
-        target.info(f"stored {run.n_docs} training documents for kNN and priors")
+    training = _store_training_documents(target, run, chunk_vectors, p, files)
     store = LabelStore(store_path, p.general.duckdb_threads)
     r = p.retrieval
     search = label_search(store, r.search, search_device, r.search_precision, r.ef_search)
@@ -323,6 +365,20 @@ def _match(target: Target, run: TrainingRun, chunk_vectors: ChunkVectors, sample
             bar.update(len(n_chunks))
     target.info(f"collected {run.n_rows} candidates from {sample.n_selected} documents; "
                 f"stage seconds: {timer.rounded()}")
+
+
+def _store_training_documents(target: Target, run: TrainingRun, chunk_vectors: ChunkVectors,
+                              p: EbmParams, files: model_files.RunFiles
+                              ) -> TrainingDocuments | None:
+    """Write the run's documents into the label store for kNN and priors
+    (where the features use them and there are any); return them."""
+    if not run.n_docs or not uses_training_documents(p.features):
+        return None
+    training = _training_documents(run, chunk_vectors)
+    write_training_documents(os.path.join(target.datadir, files.store_file), training,
+                             p.general.duckdb_threads)
+    target.info(f"stored {run.n_docs} training documents for kNN and priors")
+    return training
 
 
 def _training_documents(run: TrainingRun, chunk_vectors: ChunkVectors) -> TrainingDocuments:
