@@ -77,12 +77,17 @@ class AnnifEnv:
         return copy
 
 
+# min_train_docs=0: these projects train a ranker of their own from a few
+# hundred documents, so that the training plumbing is what the tests exercise
+# (by default so few documents rank with the shipped general ranker:
+# test_zero_shot.py)
 EBM_PROJECT = """
 [ebm-en]
 name=EBM English
 language=en
 backend=ebm
 vocab=gnd
+min_train_docs=0
 """
 
 

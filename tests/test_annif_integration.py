@@ -340,6 +340,7 @@ name = "EBM English"
 language = "en"
 backend = "ebm"
 vocab = "gnd"
+min_train_docs = 0
 """
 
 

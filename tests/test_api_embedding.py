@@ -349,7 +349,7 @@ def small_env(tmp_path_factory) -> AnnifEnv:
     for i, line in enumerate(read_tsv_lines(EXAMPLES / "test.tsv", 3)):
         (docs / f"doc{i}.txt").write_text(line.split("\t")[0])
     env = AnnifEnv(path / "env", "[ebm-en]\nname=EBM\nlanguage=en\nbackend=ebm\n"
-                   "vocab=gnd\nxgb_rounds=60\n")
+                   "vocab=gnd\nxgb_rounds=60\nmin_train_docs=0\n")
     env.run("load-vocab", "--language", "en", "gnd", str(path / "vocab.tsv"))
     env.run("train", "ebm-en", str(path / "train.tsv"))
     return env

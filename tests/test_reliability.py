@@ -193,7 +193,8 @@ TRAIN = "\n".join([
 
 
 def vocab_env(tmp_path, vocab_text, name="voc"):
-    env = AnnifEnv(tmp_path / name, "[p]\nname=p\nlanguage=en\nbackend=ebm\nvocab=voc\n")
+    env = AnnifEnv(tmp_path / name, "[p]\nname=p\nlanguage=en\nbackend=ebm\nvocab=voc\n"
+                   "min_train_docs=0\n")
     path = tmp_path / f"{name}.ttl"
     path.write_text(vocab_text, encoding="utf-8")
     env.run("load-vocab", "voc", str(path))

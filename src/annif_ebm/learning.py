@@ -67,8 +67,10 @@ def learn(target: Target, corpus: DocumentCorpus, p: EbmParams,
     # fails, the next train or learn removes the new one
     model_files.commit(target.datadir, metadata.replace(store_file=name))
     kept = f"; the {dropped} oldest dropped (knn_docs={p.features.knn_docs})" if dropped else ""
+    shipped = (f"; it ranks with the shipped {metadata.ranker_source} ranker until 'annif "
+               "train' on its documents trains one of its own" if metadata.ranker_source else "")
     target.info(f"learnt {added} documents into the kNN memory and priors ({skipped} without "
-                f"text or subjects skipped){kept}")
+                f"text or subjects skipped){kept}{shipped}")
     return added
 
 
