@@ -24,7 +24,8 @@ embedding models), both pairwise with the project defaults and Platt-calibrated.
 
 Evaluated on each ``--evaluate`` dataset's validate split (default: the
 tibcore-en and yso-finna-en ones), zero-shot and with the source project's
-training documents as kNN memory. Writes
+training documents as kNN memory, where the source project's own ranker is the
+yardstick. Writes
 bench/results/general-ranker-DATE[-TAG].md; with ``--out`` also the ranker
 files and provenance.json there.
 """
@@ -131,6 +132,14 @@ def train_ranker(frame: pl.DataFrame, names: tuple[str, ...], workdir: Path):
         return Ranker.train(batches, RankerSettings(), tmp, names)
 
 
+def own_ranker(workdir: Path):
+    from annif_ebm.ranker import Ranker
+
+    project_dir = workdir / "data" / "projects" / PROJECT
+    metadata = json.loads((project_dir / "ebm-model.json").read_text(encoding="utf-8"))
+    return Ranker.load(str(project_dir / metadata["ranker_file"]))
+
+
 def scores_of(ranker, frame: pl.DataFrame) -> np.ndarray:
     from annif_ebm.features import FEATURE_NAMES
 
@@ -201,10 +210,12 @@ def main() -> None:
         views = {"zero-shot": zero_shot(found, relations_of(workdir)),
                  "with its training documents": found}
         for view, frame in views.items():
-            for name, ranker in rankers.items():
+            # the yardstick: the source project's own ranker on the same candidates
+            own = {"own ranker of the project": own_ranker(workdir)} if view != "zero-shot" else {}
+            for name, ranker in {**rankers, **own}.items():
                 ranked = ranked_uris(frame, scores_of(ranker, frame), len(gold))
                 row = {"evaluated on": dataset, "documents": view, "ranker": name,
-                       "trained on": "+".join(sources),
+                       "trained on": dataset if name.startswith("own") else "+".join(sources),
                        **metrics.evaluate(ranked, gold),
                        "Seen-R@5": metrics.seen_recall(ranked, gold, seen),
                        "Unseen-R@5": metrics.unseen_recall(ranked, gold, seen)}

@@ -8,7 +8,7 @@ validate split is evaluated, and each learn is timed against the training run.
   from their embedding cache.
 
   python bench/learn.py tibcore-en --initial 0 --steps 500,500,1000,1980 \
-      --compare "finetune=false;min_train_docs=0"
+      --compare "finetune=false;min_train_docs=0" --compare-until 2000
   (the learning curve from zero: ``annif train`` without a corpus, a
   zero-shot project ranked by the shipped general ranker, then learns; after
   each step a second project, ``ebm-learn-train``, is trained with ``annif
@@ -54,6 +54,9 @@ def main() -> None:
     parser.add_argument("--compare", help="after each step, also train a project with these "
                                           "lines on the same documents, e.g. "
                                           "'finetune=false;min_train_docs=0'")
+    parser.add_argument("--compare-until", type=int, default=0,
+                        help="compare only up to this many documents (e.g. where an "
+                             "accuracy.py row already has the train on all of them)")
     parser.add_argument("--workdir", type=Path)
     parser.add_argument("--tag", default="")
     args = parser.parse_args()
@@ -94,7 +97,7 @@ def main() -> None:
 
     def compare(done: int, known: Path) -> None:
         """``annif train`` of the compared project on the documents known now."""
-        if args.compare is None or not done:
+        if args.compare is None or not done or done > (args.compare_until or done):
             return
         share_embedding_cache(workdir / "data", COMPARED)
         log = workdir / f"train-{COMPARED}.log"

@@ -177,16 +177,25 @@ def test_missing_model_file_is_named_in_the_error(trained_env, tmp_path, role):
     assert "Traceback" not in result.stderr
 
 
-def test_training_with_no_documents_is_a_clear_error(tmp_path, sample_corpus):
+def test_an_empty_corpus_trains_zero_shot_and_one_without_subjects_is_an_error(
+        tmp_path, sample_corpus):
+    """An empty corpus file is what Annif reads without one: a zero-shot model
+    (tests/test_zero_shot.py); documents none of which has a subject of the
+    vocabulary are a mistake, and the model stays as it was."""
     env = AnnifEnv(tmp_path / "fresh", EBM_PROJECT)
     env.run("load-vocab", "--language", "en", "gnd", str(sample_corpus["vocab"]))
     empty = tmp_path / "empty.tsv"
     empty.write_text("")
-    result = env.run("train", "ebm-en", str(empty), check=False)
-    assert result.returncode != 0 and "no documents" in result.stderr
-    assert not env.project_dir("ebm-en").exists() or not any(
-        p.name.startswith("ebm-") for p in env.project_dir("ebm-en").iterdir()
-    )
+    result = env.run("train", "ebm-en", str(empty))
+    assert "the training corpus is empty: a zero-shot model" in result.stderr
+    model = (env.project_dir("ebm-en") / "ebm-model.json").read_text()
+    assert json.loads(model)["ranker_source"] == "general"
+    unknown = tmp_path / "unknown.tsv"
+    unknown.write_text("A text about birds.\t<http://example.org/not-in-gnd>\n")
+    result = env.run("train", "ebm-en", str(unknown), check=False)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "no document has subjects of vocabulary 'gnd'" in result.stderr
+    assert (env.project_dir("ebm-en") / "ebm-model.json").read_text() == model
 
 
 def test_retraining_with_the_same_model_embeds_nothing_again(trained_env, sample_corpus, tmp_path):

@@ -113,6 +113,12 @@ def test_another_model_ranks_by_the_scale_free_score(sample_corpus, tmp_path):
            "another embedding model (truncate_dim=128 differ)" in result.stderr
     assert metadata(env)["ranker_source"] == "scale-free"
     assert len(suggested(env, QUERY)) == 10
+    # no documents to tune on: asked for explicitly, a clear error, the model kept
+    result = env.run("train", "ebm-en", "-b", "ebm.finetune=true", check=False)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "finetune=true needs at least 2 documents with subjects (the training corpus " \
+           "is empty)" in result.stderr
+    assert metadata(env)["ranker_source"] == "scale-free"
 
 
 @pytest.mark.slow
