@@ -124,16 +124,22 @@ def train(target: Target, corpus: DocumentCorpus, p: EbmParams) -> None:
         p = p.replace(finetune=False)
     else:
         sample = _sample(target, corpus, p)
-        if p.finetune.finetune and not sample.n_tuning:
-            if "finetune" in p.explicit:
-                raise NotSupportedException(
-                    f"training backend {target.backend_id}: finetune=true needs at least 2 "
-                    f"documents with subjects ({sample.n_with_subjects} given)")
+        # left at its default, fine-tuning needs enough documents to pay, and
+        # a project with fewer than min_train_docs ranks with the general
+        # ranker, which belongs to the frozen model
+        too_few = (not sample.n_tuning
+                   or sample.n_with_subjects < p.ranker.min_train_docs)
+        if p.finetune.finetune and "finetune" not in p.explicit and too_few:
             target.info(f"the embedding model is not fine-tuned: {sample.n_with_subjects} "
                         f"documents with subjects are too few (fine-tuning sets half of "
-                        f"them, at least {MIN_TUNING_DOCS}, aside); finetune=true tunes it "
+                        f"them, at least {MIN_TUNING_DOCS}, aside, and needs at least "
+                        f"min_train_docs={p.ranker.min_train_docs}); finetune=true tunes it "
                         "anyway")
             p = p.replace(finetune=False)
+        elif p.finetune.finetune and not sample.n_tuning:
+            raise NotSupportedException(
+                f"training backend {target.backend_id}: finetune=true needs at least 2 "
+                f"documents with subjects ({sample.n_with_subjects} given)")
     shipped = _shipped_ranker(target, sample, p)
     files = model_files.RunFiles.new(p.embedding.static_embedding, p.finetune.finetune)
     timer = StageTimer()
@@ -201,8 +207,8 @@ def _shipped_ranker(target: Target, sample: Sample | None,
     if sample is None:
         why = ("the training corpus is empty: a zero-shot model, the vocabulary's labels "
                "matched by meaning")
-    elif sample.n_selected < p.ranker.min_train_docs:
-        why = (f"{sample.n_selected} training documents are fewer than min_train_docs="
+    elif sample.n_with_subjects < p.ranker.min_train_docs:
+        why = (f"{sample.n_with_subjects} training documents are fewer than min_train_docs="
                f"{p.ranker.min_train_docs}: they join the kNN memory and priors")
     else:
         return None
