@@ -57,10 +57,22 @@ def main() -> None:
     parser.add_argument("--compare-until", type=int, default=0,
                         help="compare only up to this many documents (e.g. where an "
                              "accuracy.py row already has the train on all of them)")
+    parser.add_argument("--reference", default="",
+                        help="points measured elsewhere for the plot, 'label=docs:F1;...', "
+                             "e.g. 'annif train, fine-tuned (default)=3980:0.2836'")
+    parser.add_argument("--plot-only", type=Path,
+                        help="only draw the plot from this report's table (.md)")
     parser.add_argument("--workdir", type=Path)
     parser.add_argument("--tag", default="")
     args = parser.parse_args()
 
+    references = [(label, *map(float, point.split(":")))
+                  for label, point in (item.split("=") for item in args.reference.split(";")
+                                       if item)]
+    if args.plot_only:
+        plot(table_rows(args.plot_only), args.plot_only.with_suffix(".png"), args.dataset,
+             references)
+        return
     vocab, train, validate = (DATA_ROOT / args.dataset / n for n in DATASETS[args.dataset])
     workdir = (args.workdir or BENCH / "work" / args.dataset).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
@@ -144,10 +156,20 @@ def main() -> None:
             "documents known at that step"] if args.compare else []), rows, columns)
     if args.compare is not None:
         plot(rows, RESULTS / f"learn-{args.dataset}-{datetime.date.today()}"
-                             f"{'-' + args.tag if args.tag else ''}.png", args.dataset)
+                             f"{'-' + args.tag if args.tag else ''}.png", args.dataset,
+             references)
 
 
-def plot(rows: list[dict], path: Path, dataset: str) -> None:
+def table_rows(report: Path) -> list[dict]:
+    """step, documents and F1@5 of the rows of a report's table."""
+    lines = [line.strip("|").split("|") for line in report.read_text(encoding="utf-8")
+             .splitlines() if line.startswith("| ") and not line.startswith("| step")]
+    return [{"step": cells[0].strip(), "documents": float(cells[1]), "F1@5": float(cells[3])}
+            for cells in lines]
+
+
+def plot(rows: list[dict], path: Path, dataset: str,
+         references: list[tuple[str, float, float]] = ()) -> None:
     """F1@5 on validate against the documents known, learn and train."""
     import matplotlib
 
@@ -161,6 +183,8 @@ def plot(rows: list[dict], path: Path, dataset: str) -> None:
               label="zero-shot, then annif learn (shipped general ranker)")
     axes.plot([r["documents"] for r in trained], [r["F1@5"] for r in trained], "s--",
               label="annif train on the same documents (own ranker)")
+    for (label, docs, f1), marker in zip(references, "^vD*"):
+        axes.plot([docs], [f1], marker, markersize=8, label=label)
     axes.set_xlabel("training documents")
     axes.set_ylabel("F1@5 on validate")
     axes.set_title(f"Learning curve: {dataset}")
