@@ -40,7 +40,8 @@ def test_a_project_trained_before_the_reorganisation_suggests_identically(
         [sys.executable, "-c", "import annif_ebm.backend as b; print(b.__file__)"],
         env={**os.environ, **old}, capture_output=True, text=True, check=True).stdout
     assert imported.startswith(old["PYTHONPATH"])  # the old code is the one that trains
-    env = AnnifEnv(tmp_path / "env", EBM_PROJECT)
+    # the old code knows no min_train_docs (it always trained its own ranker)
+    env = AnnifEnv(tmp_path / "env", EBM_PROJECT.replace("min_train_docs=0\n", ""))
     env.run("load-vocab", "--language", "en", "gnd", str(sample_corpus["vocab"]))
     env.run("train", "ebm-en", str(sample_corpus["train"]), extra_env=old)
     for text in TEXTS:
