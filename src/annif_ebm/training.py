@@ -115,31 +115,8 @@ def train(target: Target, corpus: DocumentCorpus, p: EbmParams) -> None:
     if warning := p.language_warning(target.project.language):
         target.warning(warning)
     labels = _labels(target, p)
-    if next(read_documents(corpus), None) is None:
-        sample = None
-        if p.finetune.finetune and "finetune" in p.explicit:
-            raise NotSupportedException(
-                f"training backend {target.backend_id}: finetune=true needs at least 2 "
-                "documents with subjects (the training corpus is empty)")
-        p = p.replace(finetune=False)
-    else:
-        sample = _sample(target, corpus, p)
-        # left at its default, fine-tuning needs enough documents to pay, and
-        # a project with fewer than min_train_docs ranks with the general
-        # ranker, which belongs to the frozen model
-        too_few = (not sample.n_tuning
-                   or sample.n_with_subjects < p.ranker.min_train_docs)
-        if p.finetune.finetune and "finetune" not in p.explicit and too_few:
-            target.info(f"the embedding model is not fine-tuned: {sample.n_with_subjects} "
-                        f"documents with subjects are too few (fine-tuning sets half of "
-                        f"them, at least {MIN_TUNING_DOCS}, aside, and needs at least "
-                        f"min_train_docs={p.ranker.min_train_docs}); finetune=true tunes it "
-                        "anyway")
-            p = p.replace(finetune=False)
-        elif p.finetune.finetune and not sample.n_tuning:
-            raise NotSupportedException(
-                f"training backend {target.backend_id}: finetune=true needs at least 2 "
-                f"documents with subjects ({sample.n_with_subjects} given)")
+    sample = None if next(read_documents(corpus), None) is None else _sample(target, corpus, p)
+    p = _decide_finetuning(target, sample, p)
     shipped = _shipped_ranker(target, sample, p)
     files = model_files.RunFiles.new(p.embedding.static_embedding, p.finetune.finetune)
     timer = StageTimer()
@@ -166,11 +143,7 @@ def train(target: Target, corpus: DocumentCorpus, p: EbmParams) -> None:
         if shipped is not None:
             _store_training_documents(target, run, chunk_vectors, p, files)
             run.abort()  # no candidates: nothing for train --cached
-            shutil.copyfile(shipped.path, os.path.join(
-                target.datadir, model_files.tmp_name(files.ranker_file)))
-            model_files.publish(target.datadir, files.ranker_file)
-            model_files.commit(target.datadir, metadata)
-            target.info("model saved")
+            _commit_shipped(target, shipped, metadata)
             return
         _match(target, run, chunk_vectors, sample, p, files, search_device, timer)
         # the candidates' model, without a ranker yet (for train --cached)
@@ -198,6 +171,41 @@ def train(target: Target, corpus: DocumentCorpus, p: EbmParams) -> None:
                 run.abort()
             files.discard(target.datadir)
         raise
+
+
+def _decide_finetuning(target: Target, sample: Sample | None, p: EbmParams) -> EbmParams:
+    """The settings with fine-tuning off where, left at its default, it
+    cannot pay: too few documents to set half aside, or fewer than
+    ``min_train_docs`` (the general ranker then ranks, and it belongs to the
+    frozen model). ``finetune=true`` without 2 documents is an error."""
+    if not p.finetune.finetune:
+        return p
+    n_docs = 0 if sample is None else sample.n_with_subjects
+    if "finetune" in p.explicit:
+        if sample is None or not sample.n_tuning:
+            given = "the training corpus is empty" if sample is None else f"{n_docs} given"
+            raise NotSupportedException(
+                f"training backend {target.backend_id}: finetune=true needs at least 2 "
+                f"documents with subjects ({given})")
+        return p
+    if sample is not None and sample.n_tuning and n_docs >= p.ranker.min_train_docs:
+        return p
+    if sample is not None:
+        target.info(f"the embedding model is not fine-tuned: {n_docs} documents with "
+                    f"subjects are too few (fine-tuning sets half of them, at least "
+                    f"{MIN_TUNING_DOCS}, aside, and needs at least min_train_docs="
+                    f"{p.ranker.min_train_docs}); finetune=true tunes it anyway")
+    return p.replace(finetune=False)
+
+
+def _commit_shipped(target: Target, shipped: GeneralRanker,
+                    metadata: model_files.ModelMetadata) -> None:
+    """Make the model, with a copy of the shipped ranker, the project's."""
+    shutil.copyfile(shipped.path, os.path.join(
+        target.datadir, model_files.tmp_name(metadata.ranker_file)))
+    model_files.publish(target.datadir, metadata.ranker_file)
+    model_files.commit(target.datadir, metadata)
+    target.info("model saved")
 
 
 def _shipped_ranker(target: Target, sample: Sample | None,
