@@ -31,6 +31,8 @@ PROJECTS = {
     "ebm-frozen": "backend=ebm\nfinetune=false",
     # trained without a corpus: the shipped general ranker (issue 20)
     "ebm-zero-shot": "backend=ebm",
+    # another model without documents: the scale-free ranker
+    "ebm-static-zero-shot": "backend=ebm\nstatic_embedding=true",
     "ebm-static": "backend=ebm\nstatic_embedding=true\nfinetune=false",
     # fine-tuned on the project's own data (issue 19)
     "ebm-finetune": "backend=ebm\nfinetune=true",
