@@ -55,30 +55,48 @@ PROJECT_CFG = (f"[{PROJECT}]\nname={PROJECT}\nlanguage=en\nvocab=voc\nbackend=eb
 BIN = Path(sys.executable).parent
 
 
-def prepare(dataset: str, workdir: Path) -> dict:
-    """Train the source project unless it is; set the environment for it."""
+def use_workdir(workdir: Path) -> None:
+    """Point Annif (this process and the commands it runs) at the workdir's
+    source project."""
     import punkt_tab
 
-    vocab, train, _ = (DATA_ROOT / dataset / name for name in DATASETS[dataset])
     (workdir / "projects-general.cfg").write_text(PROJECT_CFG, encoding="utf-8")
     punkt_tab.write_punkt_tab(str(workdir / "nltk_data"), ["en"])
-    env = dict(os.environ, ANNIF_PROJECTS=str(workdir / "projects-general.cfg"),
-               ANNIF_DATADIR=str(workdir / "data"), NLTK_DATA=str(workdir / "nltk_data"),
-               HF_HUB_OFFLINE="1")
-    project_dir = workdir / "data" / "projects" / PROJECT
+    os.environ.update(ANNIF_PROJECTS=str(workdir / "projects-general.cfg"),
+                      ANNIF_DATADIR=str(workdir / "data"),
+                      NLTK_DATA=str(workdir / "nltk_data"), HF_HUB_OFFLINE="1")
+
+
+def prepare(dataset: str, workdir: Path) -> dict:
+    """Train the source project unless it is; describe its data for the
+    provenance."""
+    vocab, train, _ = (DATA_ROOT / dataset / name for name in DATASETS[dataset])
+    use_workdir(workdir)
+    project_dir, _ = source_project(workdir)
     if not (project_dir / "ebm-train.duckdb").exists():
         if not (workdir / "data" / "vocabs" / "voc").exists():
             timed_run([str(BIN / "annif"), "load-vocab", "--language", "en", "voc",
-                       str(vocab)], env)
-        timed_run([str(BIN / "annif"), "train", PROJECT, str(train)], env,
+                       str(vocab)], dict(os.environ))
+        timed_run([str(BIN / "annif"), "train", PROJECT, str(train)], dict(os.environ),
                   log=workdir / f"train-{PROJECT}.log")
-    os.environ.update({k: env[k] for k in ("ANNIF_PROJECTS", "ANNIF_DATADIR", "NLTK_DATA",
-                                           "HF_HUB_OFFLINE")})
-    metadata = json.loads((project_dir / "ebm-model.json").read_text(encoding="utf-8"))
+    _, metadata = source_project(workdir)
     return {"dataset": dataset, "train": train.name, "vocab": vocab.name,
             "train_sha256": sha256(train), "vocab_sha256": sha256(vocab),
-            "project_settings": metadata["train_params"] | metadata["model"],
-            "ranker_docs": metadata["n_train_docs"]}
+            "project_settings": metadata.train_params | metadata.model,
+            "ranker_docs": metadata.n_train_docs}
+
+
+def source_project(workdir: Path):
+    """The source project's folder and model metadata (None if untrained)."""
+    from annif.exception import NotInitializedException
+
+    from annif_ebm.model_files import load_metadata
+
+    project_dir = workdir / "data" / "projects" / PROJECT
+    try:
+        return project_dir, load_metadata(str(project_dir), PROJECT)
+    except NotInitializedException:
+        return project_dir, None
 
 
 def sha256(path: Path) -> str:
@@ -92,9 +110,8 @@ def sha256(path: Path) -> str:
 def relations_of(workdir: Path) -> pl.DataFrame:
     from annif_ebm.store import LabelStore
 
-    project_dir = workdir / "data" / "projects" / PROJECT
-    metadata = json.loads((project_dir / "ebm-model.json").read_text(encoding="utf-8"))
-    return LabelStore(str(project_dir / metadata["store_file"])).relations.frame()
+    project_dir, metadata = source_project(workdir)
+    return LabelStore(str(project_dir / metadata.store_file)).relations.frame()
 
 
 def zero_shot(candidates: pl.DataFrame, relations: pl.DataFrame) -> pl.DataFrame:
@@ -135,9 +152,8 @@ def train_ranker(frame: pl.DataFrame, names: tuple[str, ...], workdir: Path):
 def own_ranker(workdir: Path):
     from annif_ebm.ranker import Ranker
 
-    project_dir = workdir / "data" / "projects" / PROJECT
-    metadata = json.loads((project_dir / "ebm-model.json").read_text(encoding="utf-8"))
-    return Ranker.load(str(project_dir / metadata["ranker_file"]))
+    project_dir, metadata = source_project(workdir)
+    return Ranker.load(str(project_dir / metadata.ranker_file))
 
 
 def scores_of(ranker, frame: pl.DataFrame) -> np.ndarray:
@@ -192,7 +208,9 @@ def main() -> None:
     rows = []
     for dataset in evaluate:
         workdir = workdirs[dataset]
-        prepare(dataset, workdir)
+        if dataset not in sources:
+            prepare(dataset, workdir)  # trains its source project if need be
+        use_workdir(workdir)
         _, train_name, validate_name = DATASETS[dataset]
         validate_tsv = DATA_ROOT / dataset / validate_name
         with open(validate_tsv, encoding="utf-8") as file:
