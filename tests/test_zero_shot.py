@@ -14,7 +14,7 @@ from annif_ebm.params import EbmParams
 from annif_ebm.ranker import Ranker
 from annif_ebm.store import LabelStore
 
-from .conftest import AnnifEnv
+from .conftest import AnnifEnv, parse_metrics
 from .test_learn import BIRDS, QUERY, store_documents, suggested
 
 ZERO_SHOT_PROJECT = """
@@ -90,8 +90,9 @@ def test_train_without_a_corpus_then_learn(sample_corpus, tmp_path):
     assert len(found) == 10
     assert vocab["Coastal protection"] in found[:3]
     assert len(suggested(env, QUERY)) == 10
-    test_metrics = env.run("eval", "ebm-en", str(sample_corpus["test"])).stdout
-    assert "F1@5" in test_metrics
+    # (the bundled sample's 200 test documents measured 0.328 zero-shot)
+    test_metrics = parse_metrics(env.run("eval", "ebm-en", str(sample_corpus["test"])).stdout)
+    assert test_metrics["F1@5"] > 0.2
 
     # a subject that only learnt documents carry appears at once
     before = suggested(env, QUERY, 100)
