@@ -16,7 +16,7 @@ from annif.backend.backend import AnnifLearningBackend
 from annif.exception import OperationFailedException
 from annif.suggestion import SuggestionBatch
 
-from . import fit, learning, model_files, suggest, training
+from . import explain, fit, learning, model_files, suggest, training
 from .chunking import Chunker
 from .embedding import Encoder, encoder_key, load_encoder
 from .params import EbmParams
@@ -24,6 +24,8 @@ from .timing import StageTimer
 
 if TYPE_CHECKING:
     from annif.corpus import Document, DocumentCorpus
+
+    from .explain import Explanation
 
 
 class EbmBackend(AnnifLearningBackend):
@@ -136,16 +138,27 @@ class EbmBackend(AnnifLearningBackend):
 
     # ---- suggesting ----
 
-    def _suggest_batch(self, documents: list[Document], params: dict[str, Any]) -> SuggestionBatch:
+    def _pipeline(self, params: dict[str, Any]) -> suggest.Pipeline:
         model = self._load_model()
         p = self._parse(params).with_stored_model(model.metadata.model)
         own_dir = model.metadata.model_dir
         encoder = self._encoder_for(p, os.path.join(self.datadir, own_dir) if own_dir else None)
         if self._active is None:
             self._active = suggest.active_subjects(self.project.subjects)
+        return suggest.Pipeline(self._chunker_for(p), model, encoder, p, self._active)
+
+    def _suggest_batch(self, documents: list[Document], params: dict[str, Any]) -> SuggestionBatch:
         timer = StageTimer()
-        batch = suggest.suggest([doc.text for doc in documents], self._chunker_for(p),
-                                model, encoder, p, self._active, timer)
+        batch = suggest.suggest([doc.text for doc in documents], self._pipeline(params), timer)
         with self._lock:
             self.stage_seconds.update(timer.seconds)
         return batch
+
+    def explain(self, documents: list[Document], params: dict[str, Any] | None = None,
+                limit: int = 10, language: str | None = None) -> list[Explanation]:
+        """What :meth:`suggest` gives for ``documents`` (best ``limit``),
+        each suggestion with its evidence (:mod:`annif_ebm.explain`)."""
+        pipeline = self._pipeline(self._get_backend_params(params))
+        return explain.explain_texts(
+            [doc.text for doc in documents], pipeline, limit, self.project.subjects,
+            language or self.project.vocab_lang)

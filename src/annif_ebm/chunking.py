@@ -148,6 +148,13 @@ class ChunkedTexts:
             n_chunks=n_chunks,
         )
 
+    def first_chunks(self) -> list[str]:
+        """Each text's first chunk ("" for a text without chunks)."""
+        firsts = [""] * len(self.n_chunks)
+        for index in np.flatnonzero(self.position == 0):
+            firsts[self.doc[index]] = self.chunks[index]
+        return firsts
+
 
 def chunk_texts(chunker: Chunker, texts: list[str]) -> ChunkedTexts:
     """The chunks of every text of a batch."""

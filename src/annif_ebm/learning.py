@@ -95,7 +95,8 @@ def _add_documents(path: str, corpus: DocumentCorpus, encoder: Encoder, chunker:
                                     for i, doc in enumerate(usable)])
             subjects = np.concatenate([np.fromiter(doc.subject_set, dtype=np.int64)
                                        for doc in usable])
-            writer.add(TrainingDocuments.from_pairs(vectors, owner, subjects))
+            writer.add(TrainingDocuments.from_pairs(vectors, owner, subjects),
+                       chunked.first_chunks())
             added += len(usable)
         dropped = writer.keep_newest(p.features.knn_docs) if p.features.knn_docs else 0
     return added, skipped, dropped

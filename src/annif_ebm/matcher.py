@@ -42,6 +42,13 @@ class Matcher:
         :class:`~annif_ebm.chunking.ChunkedTexts`). ``own_docs``: while making
         the ranker's training data, each document's index among the training
         documents, left out of its own kNN neighbours and prior."""
+        return self.match_with_hits(doc, position, n_chunks, vectors, own_docs)[0]
+
+    def match_with_hits(self, doc: np.ndarray, position: np.ndarray, n_chunks: np.ndarray,
+                        vectors: np.ndarray, own_docs: np.ndarray | None = None
+                        ) -> tuple[pl.DataFrame, pl.DataFrame]:
+        """:meth:`match`'s candidates and the label hits they came from (one
+        row per chunk and retrieved label, :data:`~annif_ebm.features.HITS_SCHEMA`)."""
         p, disabled, training = self.features, self.disabled, self.training
         pooled = pool_documents(doc, vectors, len(n_chunks))
         # the document vectors go with the chunks into one search: each
@@ -55,8 +62,9 @@ class Matcher:
             rank = np.arange(len(query)) - np.searchsorted(query, query)
         is_chunk = query < len(vectors)
         with self.timer.stage("features"):
-            candidates = self._label_matches(doc, position, n_chunks, query[is_chunk],
-                                             label[is_chunk], score[is_chunk], rank[is_chunk])
+            hits = self._hits(doc, position, query[is_chunk], label[is_chunk],
+                              score[is_chunk], rank[is_chunk])
+            candidates = candidate_features(hits, n_chunks, p.candidates_per_doc)
             if len(documents):
                 hit = ~is_chunk
                 candidates = document_query_features(
@@ -73,15 +81,14 @@ class Matcher:
                 candidates = candidates.with_columns(prior=pl.Series(prior, dtype=pl.Float32))
             if len(self.store.relations) and "hierarchy" not in disabled:
                 candidates = hierarchy_features(candidates, self.store.relations.frame())
-            return finish_features(candidates, disabled)
+            return finish_features(candidates, disabled), hits
 
-    def _label_matches(self, doc: np.ndarray, position: np.ndarray, n_chunks: np.ndarray,
-                       query: np.ndarray, label: np.ndarray, score: np.ndarray,
-                       rank: np.ndarray) -> pl.DataFrame:
-        """Candidates from the nearest labels of each chunk (the search's
-        hits: chunk ``query[i]`` found ``label[i]`` at ``rank[i]``)."""
+    def _hits(self, doc: np.ndarray, position: np.ndarray, query: np.ndarray,
+              label: np.ndarray, score: np.ndarray, rank: np.ndarray) -> pl.DataFrame:
+        """The search's hits (chunk ``query[i]`` found ``label[i]`` at
+        ``rank[i]``) as the hit table."""
         store = self.store
-        hits = hits_frame(
+        return hits_frame(
             doc=doc[query],
             chunk=position[query].astype(np.uint32),
             label_id=label,
@@ -92,4 +99,3 @@ class Matcher:
             score=score,
             rank=rank.astype(np.uint16),
         )
-        return candidate_features(hits, n_chunks, self.features.candidates_per_doc)

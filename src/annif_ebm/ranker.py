@@ -148,16 +148,41 @@ class Ranker:
         (``features``: the columns of :data:`FEATURE_NAMES`)."""
         if len(features) == 0:
             return np.zeros(0, dtype=np.float32)
-        if len(self.columns) != features.shape[1]:
-            features = features[:, self.columns]
         with self._lock:
             if threads != self._threads:
                 self.booster.set_param({"nthread": threads})
                 self._threads = threads
-            scores = self.booster.inplace_predict(features)
+            scores = self.booster.inplace_predict(self._own_columns(features))
         if self.calibration is not None:
             scores = _sigmoid(self.calibration[0] * scores + self.calibration[1])
         return scores.astype(np.float32)
+
+    def _own_columns(self, features: np.ndarray) -> np.ndarray:
+        return features[:, self.columns] if len(self.columns) != features.shape[1] else features
+
+    def contributions(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """How much each of the booster's features (:attr:`feature_names`)
+        moved each candidate's margin, and the bias: XGBoost's own SHAP
+        values, which sum with the bias to the margin (see :meth:`probability`)."""
+        data = xgb.DMatrix(self._own_columns(features), feature_names=self.feature_names)
+        with self._lock:
+            values = self.booster.predict(data, pred_contribs=True)
+        return values[:, :-1], values[:, -1]
+
+    def margins(self, features: np.ndarray) -> np.ndarray:
+        """The booster's raw scores (before the logistic curve)."""
+        with self._lock:
+            return self.booster.inplace_predict(self._own_columns(features),
+                                                predict_type="margin")
+
+    def probability(self, margins: np.ndarray) -> np.ndarray:
+        """The score :meth:`predict` gives for these margins."""
+        a, b = self.calibration if self.calibration is not None else (1.0, 0.0)
+        return _sigmoid(a * np.asarray(margins, dtype=np.float64) + b).astype(np.float32)
+
+    @property
+    def feature_names(self) -> list[str]:
+        return list(self.booster.feature_names)
 
 
 def relevance(features: np.ndarray, gold: np.ndarray, params: RankerSettings,

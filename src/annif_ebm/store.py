@@ -15,7 +15,7 @@ import contextlib
 import os
 import pathlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import duckdb
 import numpy as np
@@ -28,6 +28,7 @@ from .knn import VECTOR_DTYPE, TrainingDocuments
 from .labels import LabelSet, Relations
 
 INSERT_ROWS = 10_000  # vectors copied into DuckDB at a time
+OPENING_CHARS = 160  # of each training document's first chunk, kept for explanations
 
 
 def vss_extension_path() -> pathlib.Path:
@@ -147,11 +148,16 @@ class TrainingDocumentsWriter:
                     f"vec FLOAT[{dimension}])")
         con.execute("CREATE TABLE IF NOT EXISTS store.train_subjects "
                     "(doc INTEGER, concept_id INTEGER)")
+        con.execute("CREATE TABLE IF NOT EXISTS store.train_openings "
+                    "(doc INTEGER, opening VARCHAR)")
         self.n_documents = con.execute("SELECT count(*) FROM store.train_docs").fetchone()[0]
 
-    def add(self, documents: TrainingDocuments) -> None:
-        """Append ``documents`` (a bounded number of vectors copied at a time)."""
+    def add(self, documents: TrainingDocuments, openings: list[str] | None = None) -> None:
+        """Append ``documents`` (a bounded number of vectors copied at a time)
+        with their ``openings`` (first words, shown by explanations), if given."""
         first = self.n_documents
+        if openings is not None:
+            self.add_openings(first, openings)
         for start in range(0, len(documents), INSERT_ROWS):
             vectors = documents.vectors[start : start + INSERT_ROWS].astype(np.float32)
             self._insert("train_docs", {
@@ -162,12 +168,19 @@ class TrainingDocumentsWriter:
                                         "concept_id": documents.subjects})
         self.n_documents += len(documents)
 
+    def add_openings(self, first: int, openings: list[str]) -> None:
+        """The first words of documents ``first``, ``first + 1``, ...; each
+        cut to :data:`OPENING_CHARS`."""
+        self._insert("train_openings", {
+            "doc": np.arange(first, first + len(openings), dtype=np.int32),
+            "opening": pl.Series([text[:OPENING_CHARS] for text in openings], dtype=pl.String)})
+
     def keep_newest(self, n: int) -> int:
         """Drop all but the ``n`` last documents (the others keep their order,
         numbered from 0); return how many went."""
         dropped = max(0, self.n_documents - n)
         if dropped:
-            for table in ("train_docs", "train_subjects"):
+            for table in ("train_docs", "train_subjects", "train_openings"):
                 self.con.execute(f"DELETE FROM store.{table} WHERE doc < ?", [dropped])
                 self.con.execute(f"UPDATE store.{table} SET doc = doc - ?", [dropped])
             self.n_documents -= dropped
@@ -194,11 +207,16 @@ def training_documents_writer(path: str, dimension: int,
         con.execute("CHECKPOINT store")
 
 
-def write_training_documents(path: str, documents: TrainingDocuments, threads: int = 0) -> None:
+def write_training_documents(path: str, documents: TrainingDocuments, threads: int = 0,
+                             openings: Iterable[list[str]] = ()) -> None:
     """Add the training documents (kNN and priors) to the new store file at
-    ``path``, while training."""
+    ``path``, while training, with their openings in batches, in order."""
     with training_documents_writer(path, documents.vectors.shape[1], threads) as writer:
         writer.add(documents)
+        first = 0
+        for batch in openings:
+            writer.add_openings(first, batch)
+            first += len(batch)
 
 
 class LabelStore:
@@ -232,6 +250,7 @@ class LabelStore:
         self.concept_labels = np.minimum(labels_of_concept[self.concept_ids], 65535).astype(np.uint16)
         self.relations = Relations(**{k: np.asarray(v) for k, v in relations.items()})
         self.has_training_documents = "train_docs" in tables
+        self.has_openings = "train_openings" in tables  # stores since explanations
         self._training_documents = None
         self._vectors = None
         self._lock = threading.Lock()
@@ -278,3 +297,21 @@ class LabelStore:
                 self._training_documents = TrainingDocuments.from_pairs(
                     vectors, np.asarray(pairs["doc"]), np.asarray(pairs["concept_id"]))
             return self._training_documents
+
+    def label_texts(self, label_ids) -> dict[int, str]:
+        """The text of each of these labels."""
+        return self._texts("SELECT label_id, label FROM store.labels", "label_id", label_ids)
+
+    def document_openings(self, docs) -> dict[int, str]:
+        """The first words of these training documents (where the store has them)."""
+        if not self.has_openings:
+            return {}
+        return self._texts("SELECT doc, opening FROM store.train_openings", "doc", docs)
+
+    def _texts(self, select: str, key: str, ids) -> dict[int, str]:
+        ids = sorted({int(i) for i in ids})
+        if not ids:
+            return {}
+        with self._connect() as con:
+            rows = con.execute(f"{select} WHERE {key} IN (SELECT unnest(?))", [ids]).fetchall()
+        return dict(rows)

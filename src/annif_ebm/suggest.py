@@ -102,18 +102,36 @@ def candidates(texts: list[str], chunker: Chunker, encoder: Encoder, matcher: Ma
     return matcher.match(chunked.doc, chunked.position, chunked.n_chunks, vectors)
 
 
-def suggest(texts: list[str], chunker: Chunker, model: LoadedModel, encoder: Encoder,
-            params: EbmParams, active: np.ndarray, timer: StageTimer) -> SuggestionBatch:
-    """Suggestions for a batch of texts; ``active``: which subjects of the
+@dataclasses.dataclass(frozen=True)
+class Pipeline:
+    """What a suggest call runs with: ``active`` says which subjects of the
     vocabulary may be suggested (by subject id)."""
-    check_dimension(encoder, model.store, bool(params.api.api_url))
-    matcher = Matcher(model.store, model.search(params.retrieval, encoder.search_device),
-                      params.retrieval.candidates_per_chunk, params.features,
-                      model.training_documents(params.features), timer)
-    found = candidates(texts, chunker, encoder, matcher, timer)
+
+    chunker: Chunker
+    model: LoadedModel
+    encoder: Encoder
+    params: EbmParams
+    active: np.ndarray
+
+    def matcher(self, timer: StageTimer) -> Matcher:
+        p, model, encoder = self.params, self.model, self.encoder
+        check_dimension(encoder, model.store, bool(p.api.api_url))
+        return Matcher(model.store, model.search(p.retrieval, encoder.search_device),
+                       p.retrieval.candidates_per_chunk, p.features,
+                       model.training_documents(p.features), timer)
+
+    def rank(self, found: pl.DataFrame, n_texts: int) -> tuple[np.ndarray, SuggestionBatch]:
+        """The ranker's score of every candidate and the best ``limit`` per text."""
+        p = self.params
+        scores = self.model.ranker.predict(feature_matrix(found), p.ranker.xgb_jobs)
+        return scores, best_suggestions(found, scores, n_texts, self.active, p.general.limit)
+
+
+def suggest(texts: list[str], pipeline: Pipeline, timer: StageTimer) -> SuggestionBatch:
+    """Suggestions for a batch of texts."""
+    found = candidates(texts, pipeline.chunker, pipeline.encoder, pipeline.matcher(timer), timer)
     with timer.stage("rank"):
-        scores = model.ranker.predict(feature_matrix(found), params.ranker.xgb_jobs)
-        return best_suggestions(found, scores, len(texts), active, params.general.limit)
+        return pipeline.rank(found, len(texts))[1]
 
 
 def active_subjects(subjects) -> np.ndarray:

@@ -390,7 +390,7 @@ def _store_training_documents(target: Target, run: TrainingRun, chunk_vectors: C
         return None
     training = _training_documents(run, chunk_vectors)
     write_training_documents(os.path.join(target.datadir, files.store_file), training,
-                             p.general.duckdb_threads)
+                             p.general.duckdb_threads, run.openings())
     target.info(f"stored {run.n_docs} training documents for kNN and priors")
     return training
 

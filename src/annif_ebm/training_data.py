@@ -26,6 +26,7 @@ from . import duckdb_pool
 from .cache import EmbeddingCache, Encode, join_rows
 from .features import FEATURE_NAMES
 from .model_files import TRAIN_FILE, remove, tmp_name
+from .store import OPENING_CHARS
 
 # The run and the reads of its candidates use DuckDB's buffer pool of
 # duckdb_pool.MEMORY_LIMIT_MB: it spills joins, sorts and large results to the
@@ -89,6 +90,8 @@ class TrainingRun:
         self.cache = EmbeddingCache(self._con, datadir)
         self._con.execute("CREATE TABLE chunks (doc BIGINT, pos INTEGER, text VARCHAR)")
         self._con.execute("CREATE TABLE gold (doc BIGINT, concept_id INTEGER)")
+        # each document's first chunk: its first words in explanations
+        self._con.execute("CREATE TABLE openings (doc BIGINT, text VARCHAR)")
         self._con.execute(
             f"CREATE TABLE candidates (doc BIGINT, concept_id INTEGER, "
             f"{_CANDIDATE_COLUMNS}, gold BOOLEAN)"
@@ -114,6 +117,8 @@ class TrainingRun:
         })
         self._insert("chunks", frame)
         self._insert("gold", gold_frame)
+        self._insert("openings", frame.filter(pl.col("pos") == 0).select(
+            "doc", pl.col("text").str.slice(0, OPENING_CHARS)))
         self.n_docs += len(gold)
 
     def _insert(self, table: str, frame: pl.DataFrame) -> None:
@@ -148,6 +153,16 @@ class TrainingRun:
         self.cache.close()
         self._con.execute("CHECKPOINT")
         return ChunkVectors(self._con, dimension, self.n_docs, embedded)
+
+    def openings(self, docs_per_batch: int = 10_000) -> Iterator[list[str]]:
+        """The first words of every document in order, a batch at a time
+        (empty for a document without chunks)."""
+        for first in range(0, self.n_docs, docs_per_batch):
+            last = min(first + docs_per_batch, self.n_docs)
+            found = dict(self._con.execute(
+                "SELECT doc, text FROM openings WHERE doc >= ? AND doc < ?", [first, last]
+            ).fetchall())
+            yield [found.get(doc, "") for doc in range(first, last)]
 
     def gold_pairs(self) -> tuple[np.ndarray, np.ndarray]:
         """(document, concept_id) of every gold subject."""
