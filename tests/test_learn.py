@@ -96,6 +96,11 @@ def test_knn_docs_caps_the_memory_and_learning_needs_allow_learn(trained_env, sa
     env.run("learn", "ebm-en", str(corpus), "-b", "ebm.knn_docs=100")
     assert store_documents(env) == 100  # the oldest went, the learnt ones stayed
     assert subject in suggested(env, QUERY)
+    # their first words, for explanations, stayed with them
+    project = env.project_dir("ebm-en")
+    metadata = json.loads((project / "ebm-model.json").read_text())
+    openings = LabelStore(str(project / metadata["store_file"])).document_openings(range(100))
+    assert [openings[doc] for doc in range(100 - len(BIRDS), 100)] == BIRDS
 
 
 def test_a_failed_or_killed_learn_leaves_the_project_as_it_was(trained_env, sample_corpus,

@@ -4,7 +4,8 @@ from annif.exception import OperationFailedException
 
 from annif_ebm.knn import TrainingDocuments
 from annif_ebm.labels import LabelSet
-from annif_ebm.store import LabelStore, write_store, write_training_documents
+from annif_ebm.store import (OPENING_CHARS, LabelStore, training_documents_writer, write_store,
+                             write_training_documents)
 
 TEXTS = ["Economics", "Labour market", "Machine learning", "Neural networks",
          "Medieval poetry", "Economic science"]
@@ -57,6 +58,25 @@ def test_training_documents_round_trip(tmp_path, label_set, embedder, n_docs):
     assert loaded.offsets.tolist() == docs.offsets.tolist()
     assert loaded.subjects.tolist() == docs.subjects.tolist()
     assert len(store) == len(TEXTS)
+
+
+def test_openings_and_label_texts_follow_their_documents(tmp_path, label_set, embedder):
+    path = str(tmp_path / "labels.duckdb")
+    write_store(path, label_set, embedder.encode_documents(TEXTS), "m")
+    assert LabelStore(path).document_openings([0]) == {}  # a store without any
+    vectors = embedder.encode_queries(["wages", "nets", "poems", "coins"])
+    openings = ["Wages and jobs.", "Neural nets " * 40, "", "Coins of Rome."]
+    with training_documents_writer(path, 384) as writer:
+        writer.add(TrainingDocuments.from_pairs(vectors[:2], np.array([0, 1]),
+                                                np.array([11, 12])), openings[:2])
+        writer.add(TrainingDocuments.from_pairs(vectors[2:], np.array([0, 1]),
+                                                np.array([14, 10])), openings[2:])
+        assert writer.keep_newest(3) == 1  # the first goes; the others are 0, 1, 2
+    store = LabelStore(path)
+    assert store.document_openings([2, 0, 1, 7]) == {
+        0: openings[1][:OPENING_CHARS], 1: "", 2: "Coins of Rome."}
+    assert store.training_documents().subjects.tolist() == [12, 14, 10]
+    assert store.label_texts([5, 0]) == {0: "Economics", 5: "Economic science"}
 
 
 def test_store_file_is_opened_read_only(store_path):
