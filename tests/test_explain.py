@@ -305,3 +305,17 @@ def test_locate_places_chunks_in_the_original_text():
         assert re.sub(r"\s+", " ", text[start:end].replace("\x00", " ")).strip() == chunk
     assert [start for start, _ in spans] == sorted(start for start, _ in spans)
     assert locate("nothing like it", ["Coastal protection"]) == [None]
+
+
+def test_contentless_documents_are_explained_as_no_suggestions(trained_env, documents,
+                                                               explained, tmp_path):
+    empty, junk = tmp_path / "empty.txt", tmp_path / "junk.txt"
+    empty.write_text("")
+    junk.write_text("\x00\x01 ... --")
+    result = json.loads(explain_cli(trained_env, "ebm-en", str(empty), str(documents[0]),
+                                    str(junk), "--limit", "8", "--format", "json").stdout)
+    assert [r["subjects"] for r in (result[0], result[2])] == [[], []]
+    assert [s["uri"] for s in result[1]["subjects"]] == [
+        s["uri"] for s in explained[0]["subjects"]]
+    page = explain_cli(trained_env, "ebm-en", "--format", "html", stdin="").stdout
+    assert "no suggestions" in page

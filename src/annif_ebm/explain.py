@@ -145,8 +145,9 @@ def explain_texts(texts: list[str], pipeline: Pipeline, limit: int, subjects,
     chosen = _chosen(batch.filter(limit), found)
     ranker = pipeline.model.ranker
     values = feature_matrix(found)[chosen["row"].to_numpy()]
-    contributions, bias = ranker.contributions(values)
+    contributions, _ = ranker.contributions(values)
     margins = ranker.margins(values)  # the booster's own; the contributions sum to them
+    baseline = ranker.baseline
     evidence = _Evidence(pipeline, matcher, hits, chosen,
                          pool_documents(chunked.doc, vectors, len(texts)))
     names = ranker.feature_names
@@ -181,7 +182,7 @@ def explain_texts(texts: list[str], pipeline: Pipeline, limit: int, subjects,
             text=text, chunks=[Chunk(i, chunk, *(span or (None, None)))
                                for i, (chunk, span) in enumerate(zip(own, locate(text, own)))],
             ranker=pipeline.model.metadata.ranker_source or "own",
-            baseline=float(bias[0]) if len(bias) else 0.0, subjects=entries))
+            baseline=baseline, subjects=entries))
     return explanations
 
 

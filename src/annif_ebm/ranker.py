@@ -164,13 +164,23 @@ class Ranker:
         """How much each of the booster's features (:attr:`feature_names`)
         moved each candidate's margin, and the bias: XGBoost's own SHAP
         values, which sum with the bias to the margin (see :meth:`probability`)."""
+        if len(features) == 0:
+            return np.zeros((0, len(self.columns)), dtype=np.float32), np.zeros(0, np.float32)
         data = xgb.DMatrix(self._own_columns(features), feature_names=self.feature_names)
         with self._lock:
             values = self.booster.predict(data, pred_contribs=True)
         return values[:, :-1], values[:, -1]
 
+    @property
+    def baseline(self) -> float:
+        """The margin before any feature (the bias of :meth:`contributions`)."""
+        return float(self.contributions(np.full((1, len(FEATURE_NAMES)), np.nan,
+                                                dtype=np.float32))[1][0])
+
     def margins(self, features: np.ndarray) -> np.ndarray:
         """The booster's raw scores (before the logistic curve)."""
+        if len(features) == 0:
+            return np.zeros(0, dtype=np.float32)
         with self._lock:
             return self.booster.inplace_predict(self._own_columns(features),
                                                 predict_type="margin")
