@@ -40,6 +40,9 @@ PROJECTS = {
     # a static model is cheap to tune: on more documents
     "ebm-static-finetune-20k": "backend=ebm\nstatic_embedding=true\nfinetune=true\n"
                                "finetune_docs=20000",
+    # the same (fine-tuned) model on ONNX Runtime, float32 and int8 (issue 22)
+    "ebm-onnx": "backend=ebm\nencode_backend=onnx",
+    "ebm-onnx-int8": "backend=ebm\nencode_backend=onnx\nencode_quantization=int8",
     # ablation of the feature families (issue 6); ebm-labels-only has none of them
     "ebm-no-knn": "backend=ebm\nknn_neighbors=0",
     "ebm-no-prior": "backend=ebm\nuse_prior=false",

@@ -27,6 +27,8 @@ from annif.exception import ConfigurationException, OperationFailedException
 
 from .api_client import ApiEncoder, check_no_static_with_api
 from .encoders import EncoderBase
+from .onnx_export import (check_encode_backend, export_info, kernel_set, require_onnx_runtime,
+                          session_kwargs)
 from .params import (AUTO_BATCH_SIZE, DEFAULT_MODEL, ApiSettings, EmbeddingSettings,
                      FinetuneSettings)
 
@@ -128,12 +130,16 @@ class SentenceTransformerEncoder(EncoderBase):
         import torch
         from sentence_transformers import SentenceTransformer
 
-        self.devices = resolve_device(params.device)
+        onnx = params.encode_backend == "onnx"
+        self.devices = _onnx_devices(params.device) if onnx else resolve_device(params.device)
         self.search_device = self.devices[0]
         if params.torch_threads:
             torch.set_num_threads(params.torch_threads)
         path, local = (location, True) if location else model_location(params.model)
-        model_kwargs = {_dtype_kwarg(): resolve_dtype(params.dtype, self.devices)}
+        if onnx:
+            model_kwargs = _onnx_model_kwargs(location, params.torch_threads)
+        else:
+            model_kwargs = {_dtype_kwarg(): resolve_dtype(params.dtype, self.devices)}
         model_kwargs.update(params.model_kwargs)
         name = location or params.model
         logger.info("loading embedding model %s on %s", name, ",".join(self.devices))
@@ -145,6 +151,7 @@ class SentenceTransformerEncoder(EncoderBase):
                 local_files_only=local,
                 truncate_dim=params.truncate_dim or None,
                 model_kwargs=model_kwargs,
+                **({"backend": "onnx"} if onnx else {}),
             )
         except (OSError, ValueError) as err:
             raise OperationFailedException(
@@ -160,6 +167,9 @@ class SentenceTransformerEncoder(EncoderBase):
         self._pool = None  # (pid, multi-device worker pool)
         if not location:
             self.source = f"embedding model '{params.model}'"
+        elif onnx:
+            self.source = (f"the project's ONNX export of '{params.model}'"
+                           + (" (int8)" if params.encode_quantization == "int8" else ""))
         elif params.static_embedding:  # distilled, perhaps then fine-tuned
             self.source = f"static embedding model distilled from '{params.model}'"
         else:
@@ -206,11 +216,36 @@ class SentenceTransformerEncoder(EncoderBase):
                 )
 
 
+def _onnx_devices(device: str) -> list[str]:
+    """ONNX Runtime runs the exported model on the CPU here."""
+    if device not in ("auto", "cpu"):
+        raise OperationFailedException(
+            f"device '{device}': this project's model runs on ONNX Runtime on the CPU "
+            "(encode_backend=onnx); set device=cpu, or retrain with encode_backend=torch "
+            "to use a GPU")
+    return ["cpu"]
+
+
+def _onnx_model_kwargs(location: str | None, threads: int) -> dict:
+    """The exported file to load and ONNX Runtime's session settings."""
+    if not location:
+        raise OperationFailedException(
+            "encode_backend=onnx loads the model exported into the project at train time, "
+            "and this model has none; retrain the project")
+    require_onnx_runtime()
+    info = export_info(location)
+    if info["kernels"] and info["kernels"] != kernel_set():
+        logger.info("the int8 model was quantized for %s, this CPU is best at %s: it "
+                    "runs, perhaps more slowly", info["kernels"], kernel_set())
+    return {"file_name": info["file"], **session_kwargs(threads)}
+
+
 def load_encoder(embedding: EmbeddingSettings, api: ApiSettings,
                  location: str | None = None) -> Encoder:
     """The encoder for these settings: :class:`ApiEncoder` with ``api_url``
     set, else :class:`SentenceTransformerEncoder` (``location``: a saved model
     to load instead of ``embedding.model``). It reads no other settings."""
+    check_encode_backend(embedding, api)
     if api.api_url:
         if location:
             raise ConfigurationException(

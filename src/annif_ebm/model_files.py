@@ -62,8 +62,10 @@ class RunFiles:
     model_dir: str = ""  # the project's own embedding model, if any
 
     @classmethod
-    def new(cls, static_embedding: bool = False, finetune: bool = False) -> RunFiles:
-        own = ("static" if static_embedding else "tuned") if static_embedding or finetune else ""
+    def new(cls, static_embedding: bool = False, finetune: bool = False,
+            onnx: bool = False) -> RunFiles:
+        own = ("static" if static_embedding else "tuned" if finetune
+               else "onnx" if onnx else "")
         return cls(new_file_name("labels", "duckdb"), new_file_name("ranker", "ubj"),
                    new_file_name(own, "model") if own else "")
 
@@ -87,8 +89,9 @@ class ModelMetadata:
     train_params: dict
     n_labels: int
     n_train_docs: int
-    # with static_embedding or finetune: the folder of the project's own
-    # embedding model (distilled and/or tuned), loaded instead of `model`
+    # with static_embedding, finetune or encode_backend=onnx: the folder of the
+    # project's own embedding model (distilled, tuned and/or exported), loaded
+    # instead of `model`
     model_dir: str = ""
     # "" for a ranker trained on the project's documents, else the shipped
     # general ranker it copies ("general" or "scale-free", see general.py)

@@ -39,6 +39,7 @@ from .knn import VECTOR_DTYPE, TrainingDocuments, pool_documents
 from .labels import LabelSet, vocabulary_labels, vocabulary_relations
 from .matcher import Matcher
 from .memory import release_memory, return_free_heap
+from .onnx_export import check_encode_backend, export_model
 from .params import EbmParams, Kind
 from .progress import progress_bar
 from .fit import fit_and_commit
@@ -118,7 +119,8 @@ def train(target: Target, corpus: DocumentCorpus, p: EbmParams) -> None:
     sample = None if next(read_documents(corpus), None) is None else _sample(target, corpus, p)
     p = _decide_finetuning(target, sample, p)
     shipped = _shipped_ranker(target, sample, p)
-    files = model_files.RunFiles.new(p.embedding.static_embedding, p.finetune.finetune)
+    files = model_files.RunFiles.new(p.embedding.static_embedding, p.finetune.finetune,
+                                     p.embedding.encode_backend == "onnx")
     timer = StageTimer()
     run, kept = None, False
     try:
@@ -275,16 +277,29 @@ def _sample(target: Target, corpus: DocumentCorpus, p: EbmParams) -> Sample:
 
 def _own_model(target: Target, corpus: DocumentCorpus, labels: LabelSet, sample: Sample,
                p: EbmParams, files: model_files.RunFiles, timer: StageTimer) -> str | None:
-    """With static_embedding and/or finetune: the project's own embedding
-    model, distilled and/or fine-tuned into the run's folder; its path."""
+    """With static_embedding, finetune and/or encode_backend=onnx: the
+    project's own embedding model, distilled, fine-tuned and/or exported into
+    the run's folder; its path."""
     if not files.model_dir:
         return None
     check_no_own_model_with_api(p.embedding, p.finetune, p.api)
+    check_encode_backend(p.embedding, p.api)
     name = files.model_dir
     path = os.path.join(target.datadir, model_files.tmp_name(name))
-    if not p.finetune.finetune:
+    if p.finetune.finetune:
+        _tune(target, corpus, labels, sample, p, path, timer)
+    elif p.embedding.static_embedding:
         distill_static_model(p.embedding, p.api, path)
-        return model_files.publish(target.datadir, name)
+    if p.embedding.encode_backend == "onnx":  # the tuned model, or the base one
+        source, local = (path, True) if p.finetune.finetune else model_location(p.embedding.model)
+        with timer.stage("export"):
+            target.info(export_model(source, local, p.embedding, path))
+    return model_files.publish(target.datadir, name)
+
+
+def _tune(target: Target, corpus: DocumentCorpus, labels: LabelSet, sample: Sample,
+          p: EbmParams, path: str, timer: StageTimer) -> None:
+    """Fine-tune the model (distilled first, with static_embedding) into ``path``."""
     if p.embedding.static_embedding:  # distil, then tune the static model
         source, local = path + "-distilled", True
         distill_static_model(p.embedding, p.api, source)
@@ -302,7 +317,6 @@ def _own_model(target: Target, corpus: DocumentCorpus, labels: LabelSet, sample:
     if p.embedding.static_embedding:
         model_files.remove(source)
     target.info(f"fine-tuned the embedding model: {done}")
-    return model_files.publish(target.datadir, name)
 
 
 def _chunk(corpus: DocumentCorpus, sample: Sample, run: TrainingRun, language: str,
