@@ -90,8 +90,6 @@ class TrainingRun:
         self.cache = EmbeddingCache(self._con, datadir)
         self._con.execute("CREATE TABLE chunks (doc BIGINT, pos INTEGER, text VARCHAR)")
         self._con.execute("CREATE TABLE gold (doc BIGINT, concept_id INTEGER)")
-        # each document's first chunk: its first words in explanations
-        self._con.execute("CREATE TABLE openings (doc BIGINT, text VARCHAR)")
         self._con.execute(
             f"CREATE TABLE candidates (doc BIGINT, concept_id INTEGER, "
             f"{_CANDIDATE_COLUMNS}, gold BOOLEAN)"
@@ -117,8 +115,6 @@ class TrainingRun:
         })
         self._insert("chunks", frame)
         self._insert("gold", gold_frame)
-        self._insert("openings", frame.filter(pl.col("pos") == 0).select(
-            "doc", pl.col("text").str.slice(0, OPENING_CHARS)))
         self.n_docs += len(gold)
 
     def _insert(self, table: str, frame: pl.DataFrame) -> None:
@@ -147,6 +143,11 @@ class TrainingRun:
                 "WHERE ch.doc >= ? AND ch.doc < ?",
                 [first, first + docs_per_join],
             )
+        # each document's first chunk: its first words in explanations (one
+        # streaming statement: a table filled along with the chunks pushed a
+        # run under a 32 MB pool out of memory in the join above)
+        self._con.execute(f"CREATE TABLE openings AS SELECT doc, left(text, {OPENING_CHARS}) "
+                          "AS text FROM chunks WHERE pos = 0")
         # the rest reads chunk_vectors and gold by ranges: the texts and the
         # cache are done with
         self._con.execute("DROP TABLE chunks")
