@@ -43,7 +43,9 @@ def screenshot(page: Path, out: str) -> None:
         view = browser.new_page(viewport={"width": 1366, "height": 900})
         view.goto(page.resolve().as_uri())
         view.locator(".pick").nth(1).click()
-        view.evaluate("window.scrollTo(0, 0)")
+        # clicking scrolled the list to the button: show the list from its top
+        view.evaluate("window.scrollTo(0, 0); "
+                      "document.querySelectorAll('.subjects').forEach(l => { l.scrollTop = 0; })")
         view.screenshot(path=out)
         browser.close()
 
