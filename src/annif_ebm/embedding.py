@@ -234,9 +234,9 @@ def _onnx_model_kwargs(location: str | None, threads: int) -> dict:
             "and this model has none; retrain the project")
     require_onnx_runtime()
     info = export_info(location)
-    if info["kernels"] and info["kernels"] != kernel_set():
+    if info["kernels"] and info["kernels"] != (here := kernel_set()):
         logger.info("the int8 model was quantized for %s, this CPU is best at %s: it "
-                    "runs, perhaps more slowly", info["kernels"], kernel_set())
+                    "runs, perhaps more slowly", info["kernels"], here)
     return {"file_name": info["file"], **session_kwargs(threads)}
 
 

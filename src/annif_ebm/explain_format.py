@@ -30,6 +30,15 @@ def _signed(value: float) -> str:
     return f"{value:+.2f}"
 
 
+def _largest_first(contributions: dict[str, float]) -> list[tuple[str, float]]:
+    """(family, contribution) pairs, the largest move first."""
+    return sorted(contributions.items(), key=lambda item: -abs(item[1]))
+
+
+def _chunk_texts(explanation: Explanation) -> dict[int, str]:
+    return {chunk.position: chunk.text for chunk in explanation.chunks}
+
+
 def _quoted(text: str, width: int = 90) -> str:
     return '"' + (text if len(text) <= width else text[: width - 1] + "…") + '"'
 
@@ -43,7 +52,7 @@ def as_json(explanations: list[Explanation], names: list[str]) -> str:
 def as_text(explanations: list[Explanation], names: list[str]) -> str:
     out = []
     for name, explanation in zip(names, explanations):
-        chunks = {chunk.position: chunk.text for chunk in explanation.chunks}
+        chunks = _chunk_texts(explanation)
         out.append(f"Explanations for {name} ({len(explanation.chunks)} passages; "
                    f"scored by {_SCORE_NOTE.get(explanation.ranker, explanation.ranker)})")
         if not explanation.subjects:
@@ -57,7 +66,7 @@ def as_text(explanations: list[Explanation], names: list[str]) -> str:
 def _subject_lines(number: int, subject: SubjectExplanation, chunks: dict[int, str],
                    baseline: float) -> list[str]:
     label = "\t".join(filter(None, (subject.label, subject.notation)))
-    moved = sorted(subject.contributions.items(), key=lambda item: -abs(item[1]))
+    moved = _largest_first(subject.contributions)
     lines = [
         f"{number:>2}. <{subject.uri}>\t{label}\t{subject.score:.4f}",
         "    moved by: " + ", ".join(f"{FAMILIES[family]} {_signed(value)}"
@@ -99,7 +108,8 @@ def as_html(explanations: list[Explanation], names: list[str], title: str) -> st
 def _document_html(index: int, name: str, explanation: Explanation) -> str:
     scale = max((sum(abs(v) for v in s.contributions.values()) for s in explanation.subjects),
                 default=1.0) or 1.0
-    subjects = "".join(_subject_html(index, number, subject, scale, explanation)
+    chunks = _chunk_texts(explanation)
+    subjects = "".join(_subject_html(index, number, subject, scale, chunks, explanation.baseline)
                        for number, subject in enumerate(explanation.subjects))
     note = _SCORE_NOTE.get(explanation.ranker, explanation.ranker)
     return (f'<section class="document" id="doc{index}"><h2>{html.escape(name)}</h2>'
@@ -134,7 +144,7 @@ def _bar_html(subject: SubjectExplanation, scale: float) -> str:
     """A diverging bar: what raised the margin right of the middle, what
     lowered it left."""
     sides = {"up": [], "down": []}
-    for family, value in sorted(subject.contributions.items(), key=lambda i: -abs(i[1])):
+    for family, value in _largest_first(subject.contributions):
         width = 50 * abs(value) / scale
         if width >= 0.05:
             sides["up" if value > 0 else "down"].append(
@@ -146,12 +156,11 @@ def _bar_html(subject: SubjectExplanation, scale: float) -> str:
 
 
 def _subject_html(doc: int, number: int, subject: SubjectExplanation, scale: float,
-                  explanation: Explanation) -> str:
-    chunks = {chunk.position: chunk.text for chunk in explanation.chunks}
+                  chunks: dict[int, str], baseline: float) -> str:
     hits = " ".join(f"{p.position}:{p.similarity:.3f}" for p in subject.passages)
     rows = "".join(
         f"<tr><td>{html.escape(FAMILIES[f])}</td><td class=num>{_signed(v)}</td></tr>"
-        for f, v in sorted(subject.contributions.items(), key=lambda i: -abs(i[1])))
+        for f, v in _largest_first(subject.contributions))
     passages = "".join(
         f'<li><b>{p.similarity:.3f}</b> {"prefLabel" if p.preferred else "altLabel"} '
         f"“{html.escape(p.label)}” in passage {p.position}: "
@@ -173,7 +182,7 @@ def _subject_html(doc: int, number: int, subject: SubjectExplanation, scale: flo
         f'<div class="detail" id="d{doc}-{number}">'
         f'<p class="uri">{html.escape(subject.uri)}</p>'
         f"<table><caption>What moved the score (margin {subject.margin:+.2f} = baseline "
-        f"{explanation.baseline:+.2f} + these)</caption>{rows}</table>"
+        f"{baseline:+.2f} + these)</caption>{rows}</table>"
         + (f"<h4>Passages</h4><ul>{passages}</ul>" if passages
            else "<p>No passage matched its labels.</p>")
         + (f"<h4>Similar training documents with it</h4><ul>{neighbours}</ul>"
