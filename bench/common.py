@@ -29,12 +29,20 @@ DATASETS = {
 def annif_project(project_id: str):
     """An Annif project from ANNIF_PROJECTS/ANNIF_DATADIR, inside an app context;
     only that project is initialised, so other projects' models cost nothing."""
+    with annif_projects(project_id) as (project,):
+        yield project
+
+
+@contextlib.contextmanager
+def annif_projects(*project_ids: str):
+    """Several projects of one ANNIF_PROJECTS/ANNIF_DATADIR, as annif_project."""
     import annif
     import annif.registry
 
-    os.environ.setdefault("ANNIF_PROJECTS_INIT", f"^{re.escape(project_id)}$")
+    os.environ.setdefault("ANNIF_PROJECTS_INIT",
+                          "^(" + "|".join(re.escape(p) for p in project_ids) + ")$")
     with annif.create_flask_app().app_context():
-        yield annif.registry.get_project(project_id)
+        yield [annif.registry.get_project(p) for p in project_ids]
 
 
 def timed_run(cmd: list[str], env: dict | None = None, log: Path | None = None,

@@ -2,7 +2,7 @@
 time to encode exactly the chunks the pipeline produces, with the same model
 and batch size and nothing else. Also the time per pipeline stage.
 
-  python bench/speed.py PROJECT CORPUS.tsv [--docs 500] [--repeats 3]
+  python bench/speed.py PROJECT CORPUS.tsv [--docs 500] [--repeats 3] [--versus PROJECT2]
       [--reference-python /tmp/ref-venv/bin/python --reference-workdir DIR
        --reference-train TRAIN.tsv --reference-vocab VOCAB.tsv]
 (ANNIF_PROJECTS / ANNIF_DATADIR point at a trained project, e.g. one made by
@@ -31,7 +31,7 @@ from pathlib import Path
 
 from annif.corpus import Document
 
-from common import BENCH, annif_project, timed_run, write_report
+from common import BENCH, annif_projects, timed_run, write_report
 
 
 def reference_docs_per_second(args, texts_path: str) -> float:
@@ -48,10 +48,75 @@ def reference_docs_per_second(args, texts_path: str) -> float:
     return json.loads((workdir / "speed.json").read_text())["docs_per_second_excluding_load"]
 
 
+class Side:
+    """One project under measurement: its suggest calls and the bare encoding
+    of the chunks it makes, batch by batch."""
+
+    def __init__(self, project, texts: list[str], overrides: dict) -> None:
+        from annif_ebm.chunking import Chunker
+        from annif_ebm.params import EbmParams
+
+        self.project, self.overrides = project, overrides
+        self.backend = project.backend
+        project.initialize()
+        project.suggest([Document(text="warm up")], {"ebm": overrides})
+        self.batches = [texts[i : i + 32] for i in range(0, len(texts), 32)]  # Annif's batches
+        self.params = EbmParams.parse({**self.backend.params, **overrides})
+        self.embedder = self.backend._encoder_for(self.params)
+        chunker = Chunker(project.language, self.params.texts.max_chunk_length,
+                          self.params.texts.max_chunks)
+        self.chunk_batches = [[c for t in batch for c in chunker.chunk(t)]
+                              for batch in self.batches]
+        self.end_to_end: list[float] = []
+        self.encode: list[float] = []
+        self.stages: list[dict] = []
+
+    def start_run(self) -> None:
+        self.backend.stage_seconds.clear()
+        self.end_to_end.append(0.0)
+        self.encode.append(0.0)
+
+    def batch(self, i: int) -> None:
+        start = time.perf_counter()
+        self.project.suggest([Document(text=t) for t in self.batches[i]], {"ebm": self.overrides})
+        self.end_to_end[-1] += time.perf_counter() - start
+        start = time.perf_counter()
+        self.embedder.model.encode(self.chunk_batches[i], batch_size=self.embedder.batch_size,
+                                   normalize_embeddings=True, convert_to_numpy=True)
+        self.encode[-1] += time.perf_counter() - start
+
+    def end_run(self) -> None:
+        self.stages.append(dict(self.backend.stage_seconds))
+
+    def rows(self) -> list[tuple[str, object]]:
+        from annif_ebm.search import resolve_precision
+
+        n_docs = sum(len(b) for b in self.batches)
+        total, limit = statistics.median(self.end_to_end), statistics.median(self.encode)
+        embedding = self.params.embedding
+        rows = [("documents", n_docs),
+                ("chunks", sum(len(c) for c in self.chunk_batches)),
+                ("device", ",".join(self.embedder.devices)),
+                ("encoder", f"{embedding.encode_backend} {embedding.encode_quantization}"),
+                ("label search precision",
+                 resolve_precision(self.params.retrieval.search_precision,
+                                   self.embedder.search_device)),
+                ("pure encode s (median)", limit),
+                ("end-to-end suggest s (median)", total),
+                ("ratio end-to-end / encode", total / limit),
+                ("ratio, median of the runs' own ratios",
+                 statistics.median(e / p for e, p in zip(self.end_to_end, self.encode))),
+                ("suggest docs/s", n_docs / total)]
+        return rows + [(f"stage {k} s", statistics.median(s.get(k, 0.0) for s in self.stages))
+                       for k in ("chunk", "embed", "search", "knn", "features", "rank")]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("project")
     parser.add_argument("corpus")
+    parser.add_argument("--versus", help="a second project of the same ANNIF_PROJECTS, "
+                                         "measured batch by batch alternating with the first")
     parser.add_argument("--docs", type=int, default=500)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="")
@@ -71,40 +136,20 @@ def main() -> None:
     if args.device:
         overrides["device"] = args.device
 
-    with annif_project(args.project) as project:
-        backend = project.backend
-        project.initialize()
-        project.suggest([Document(text="warm up")], {"ebm": overrides})
-        batches = [texts[i : i + 32] for i in range(0, len(texts), 32)]  # Annif's batches
-
-        # the limit: the same chunks, encoded by the bare model, same batches
-        from annif_ebm.chunking import Chunker
-        from annif_ebm.params import EbmParams
-        from annif_ebm.search import resolve_precision
-
-        params = EbmParams.parse({**backend.params, **overrides})
-        embedder = backend._encoder_for(params)
-        chunker = Chunker(project.language, params.texts.max_chunk_length,
-                          params.texts.max_chunks)
-        chunk_batches = [[c for t in batch for c in chunker.chunk(t)] for batch in batches]
-
-        # batch by batch alternating, so that a machine that speeds up or
-        # slows down during the run (shared cores, clocks) shifts both alike
-        end_to_end, stages, encode = [], [], []
+    ids = [args.project] + ([args.versus] if args.versus else [])
+    with annif_projects(*ids) as projects:
+        sides = [Side(project, texts, overrides) for project in projects]
+        # batch by batch alternating (and the projects in turn), so that a
+        # machine that speeds up or slows down during the run (shared cores,
+        # clocks) shifts every measure alike
         for _ in range(args.repeats):
-            backend.stage_seconds.clear()
-            suggest_s = encode_s = 0.0
-            for batch, chunks in zip(batches, chunk_batches):
-                start = time.perf_counter()
-                project.suggest([Document(text=t) for t in batch], {"ebm": overrides})
-                suggest_s += time.perf_counter() - start
-                start = time.perf_counter()
-                embedder.model.encode(chunks, batch_size=embedder.batch_size,
-                                      normalize_embeddings=True, convert_to_numpy=True)
-                encode_s += time.perf_counter() - start
-            end_to_end.append(suggest_s)
-            encode.append(encode_s)
-            stages.append(dict(backend.stage_seconds))
+            for side in sides:
+                side.start_run()
+            for i in range(len(sides[0].batches)):
+                for side in sides:
+                    side.batch(i)
+            for side in sides:
+                side.end_run()
 
     reference = None
     if args.reference_python:
@@ -113,28 +158,20 @@ def main() -> None:
             same_docs.flush()
             reference = reference_docs_per_second(args, same_docs.name)
 
-    n_chunks = sum(len(c) for c in chunk_batches)
-    total, limit = statistics.median(end_to_end), statistics.median(encode)
-    rows = [{"measure": "documents", "value": len(texts)},
-            {"measure": "chunks", "value": n_chunks},
-            {"measure": "device", "value": ",".join(embedder.devices)},
-            {"measure": "label search precision",
-             "value": resolve_precision(params.retrieval.search_precision, embedder.search_device)},
-            {"measure": "pure encode s (median)", "value": limit},
-            {"measure": "end-to-end suggest s (median)", "value": total},
-            {"measure": "ratio end-to-end / encode", "value": total / limit},
-            {"measure": "ratio, median of the runs' own ratios",
-             "value": statistics.median(e / p for e, p in zip(end_to_end, encode))},
-            {"measure": "suggest docs/s", "value": len(texts) / total}]
+    measured = [side.rows() for side in sides]
+    rows = [{"measure": name, **{i: r[n][1] for i, r in zip(ids, measured)}}
+            for n, (name, _) in enumerate(measured[0])]
+    docs_per_s = {i: dict(r)["suggest docs/s"] for i, r in zip(ids, measured)}
+    if len(ids) == 2:
+        rows.append({"measure": f"suggest docs/s {ids[1]} / {ids[0]}", ids[1]:
+                     docs_per_s[ids[1]] / docs_per_s[ids[0]]})
     if reference is not None:
-        rows += [{"measure": "ebm4subjects 0.9.2 suggest docs/s (one run)", "value": reference},
-                 {"measure": "suggest docs/s ours / ebm4subjects", "value": len(texts) / total / reference}]
-    stage_median = {k: statistics.median(s.get(k, 0.0) for s in stages)
-                    for k in ("chunk", "embed", "search", "knn", "features", "rank")}
-    rows += [{"measure": f"stage {k} s", "value": v} for k, v in stage_median.items()]
+        rows += [{"measure": "ebm4subjects 0.9.2 suggest docs/s (one run)", ids[0]: reference},
+                 {"measure": "suggest docs/s ours / ebm4subjects",
+                  **{i: d / reference for i, d in docs_per_s.items()}}]
     write_report(f"speed-{Path(args.corpus).parent.name}", args.tag,
-                 f"Speed: {args.project} on {Path(args.corpus).name}",
-                 [f"- medians of {args.repeats} runs"], rows, ["measure", "value"])
+                 f"Speed: {' vs '.join(ids)} on {Path(args.corpus).name}",
+                 [f"- medians of {args.repeats} runs"], rows, ["measure", *ids])
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 import os
 
+import duckdb
 import numpy as np
 import polars as pl
 import pytest
@@ -125,7 +126,24 @@ def test_missing_cached_training_data_is_a_clear_error(tmp_path):
         next(candidate_batches(cached_training_data(str(tmp_path)), str(tmp_path)))
 
 
-def test_a_run_larger_than_its_memory_limit_joins_and_reads_back_in_order(tmp_path, monkeypatch):
+class _FirstJoinOutOfMemory:
+    """A run's connection whose first join of chunk vectors fails as DuckDB
+    fails when the pool is full (which real runs meet by thread timing)."""
+
+    def __init__(self, con):
+        self._con, self.failed = con, []
+
+    def execute(self, sql, *args):
+        if sql.startswith("INSERT INTO chunk_vectors") and not self.failed:
+            self.failed.append(args)  # a failed statement writes nothing
+            raise duckdb.OutOfMemoryException("Out of Memory Error: failed to allocate")
+        return self._con.execute(sql, *args)
+
+    def __getattr__(self, name):
+        return getattr(self._con, name)
+
+
+def _join_under_a_32_mb_pool(tmp_path, monkeypatch, first_join_fails=False):
     # 30,000 chunk vectors (46 MB) through a 32 MB DuckDB pool: the run must
     # spill or stream, never fail with DuckDB's out-of-memory error. Random
     # vectors stand in for the model: the point is the run's memory use.
@@ -141,8 +159,12 @@ def test_a_run_larger_than_its_memory_limit_joins_and_reads_back_in_order(tmp_pa
         return np.stack([np.random.default_rng(int(t.split()[1]) * 2 + int(t.split()[2]))
                          .normal(size=384).astype(np.float32) for t in texts])
 
+    if first_join_fails:
+        run._con = _FirstJoinOutOfMemory(run._con)
     chunk_vectors = run.embed_chunks(SPACE_B, 384, encode)
     assert chunk_vectors.embedded == 30_000
+    if first_join_fails:
+        assert run._con.failed  # and no vector is missing or twice below
     seen = 0
     for first, doc, position, n_chunks, vectors in chunk_vectors.batches(1024, run.n_docs):
         assert (np.diff(doc.astype(np.int64)) >= 0).all()
@@ -153,6 +175,18 @@ def test_a_run_larger_than_its_memory_limit_joins_and_reads_back_in_order(tmp_pa
         seen += len(doc)
     assert seen == 30_000
     run.abort()
+
+
+def test_a_run_larger_than_its_memory_limit_joins_and_reads_back_in_order(tmp_path, monkeypatch):
+    _join_under_a_32_mb_pool(tmp_path, monkeypatch)
+
+
+def test_a_join_that_runs_out_of_the_pool_is_done_again_in_halves(tmp_path, monkeypatch, caplog):
+    # the first range's join fails as a full pool fails it: done again in
+    # halves, with every vector once and in its place
+    with caplog.at_level("INFO", logger="annif"):
+        _join_under_a_32_mb_pool(tmp_path, monkeypatch, first_join_fails=True)
+    assert "documents 0-3640 in halves: Out of Memory Error" in caplog.text
 
 
 def test_candidates_of_five_times_the_pool_are_stored_and_read_back(tmp_path, monkeypatch):

@@ -14,6 +14,7 @@ machine).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
 
@@ -89,6 +90,11 @@ def export_model(source: str, local: bool, embedding: EmbeddingSettings, path: s
     require_onnx_runtime()
     from sentence_transformers import SentenceTransformer, export_dynamic_quantized_onnx_model
 
+    # sentence-transformers warns that it exports (which is the point) and
+    # recommends saving the export (done next)
+    export_logger = logging.getLogger("sentence_transformers.backend.utils")
+    level = export_logger.level
+    export_logger.setLevel(logging.ERROR)
     try:
         model = SentenceTransformer(source, backend="onnx", device="cpu", local_files_only=local,
                                     trust_remote_code=embedding.trust_remote_code)
@@ -96,6 +102,8 @@ def export_model(source: str, local: bool, embedding: EmbeddingSettings, path: s
     except (OSError, ValueError) as err:
         raise OperationFailedException(
             f"cannot export embedding model '{embedding.model}' to ONNX: {err}") from err
+    finally:
+        export_logger.setLevel(level)
     info = {"file": FLOAT_FILE, "quantization": "none", "kernels": ""}
     if embedding.encode_quantization == "int8":
         kernels = kernel_set()

@@ -20,6 +20,7 @@ import duckdb
 import numpy as np
 import polars as pl
 
+from annif import logger
 from annif.exception import NotInitializedException, OperationFailedException
 
 from . import duckdb_pool
@@ -134,15 +135,7 @@ class TrainingRun:
         (n_chunks,) = self._con.execute("SELECT count(*) FROM chunks").fetchone()
         docs_per_join = max(1, join_rows(dimension) * self.n_docs // max(n_chunks, 1))
         for first in range(0, self.n_docs, docs_per_join):
-            # a range of documents at a time: the join builds on that range's
-            # chunks and streams the cache; unsorted (chunk_batches sorts each
-            # range it reads), as a sort here ran out of the pool
-            self._con.execute(
-                "INSERT INTO chunk_vectors SELECT ch.doc, ch.pos, c.vec FROM chunks ch "
-                f"JOIN {table} c ON md5_number(ch.text) = c.key "
-                "WHERE ch.doc >= ? AND ch.doc < ?",
-                [first, first + docs_per_join],
-            )
+            self._join_vectors(table, first, min(first + docs_per_join, self.n_docs))
         # each document's first chunk: its first words in explanations (one
         # streaming statement: a table filled along with the chunks pushed a
         # run under a 32 MB pool out of memory in the join above)
@@ -154,6 +147,29 @@ class TrainingRun:
         self.cache.close()
         self._con.execute("CHECKPOINT")
         return ChunkVectors(self._con, dimension, self.n_docs, embedded)
+
+    def _join_vectors(self, table: str, first: int, last: int) -> None:
+        """Take the cached vectors of documents ``first`` to ``last`` into
+        ``chunk_vectors``: the join builds on the range's chunks and streams
+        the cache; unsorted (chunk_batches sorts each range it reads), as a sort
+        here ran out of the pool. A range that still runs out of the pool (the
+        insert's buffers vary with thread timing: one test run in four under a
+        32 MB pool) is done again in halves; a failed statement left nothing."""
+        try:
+            self._con.execute(
+                "INSERT INTO chunk_vectors SELECT ch.doc, ch.pos, c.vec FROM chunks ch "
+                f"JOIN {table} c ON md5_number(ch.text) = c.key "
+                "WHERE ch.doc >= ? AND ch.doc < ?",
+                [first, last],
+            )
+        except duckdb.OutOfMemoryException as err:
+            if last - first <= 1:
+                raise
+            logger.info("joining the vectors of documents %d-%d in halves: %s", first, last,
+                         duckdb_pool.error_line(err))
+            middle = (first + last) // 2
+            self._join_vectors(table, first, middle)
+            self._join_vectors(table, middle, last)
 
     def openings(self, docs_per_batch: int = 10_000) -> Iterator[list[str]]:
         """The first words of every document in order, a batch at a time
