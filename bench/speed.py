@@ -53,18 +53,15 @@ class Side:
     of the chunks it makes, batch by batch."""
 
     def __init__(self, project, texts: list[str], overrides: dict) -> None:
-        from annif_ebm.chunking import Chunker
-        from annif_ebm.params import EbmParams
-
         self.project, self.overrides = project, overrides
         self.backend = project.backend
         project.initialize()
         project.suggest([Document(text="warm up")], {"ebm": overrides})
         self.batches = [texts[i : i + 32] for i in range(0, len(texts), 32)]  # Annif's batches
-        self.params = EbmParams.parse({**self.backend.params, **overrides})
-        self.embedder = self.backend._encoder_for(self.params)
-        chunker = Chunker(project.language, self.params.texts.max_chunk_length,
-                          self.params.texts.max_chunks)
+        # the limit: the same chunks, encoded by the project's own model (the
+        # one suggest loads: tuned, exported) in the same batches
+        pipeline = self.backend._pipeline({**self.backend.params, **overrides})
+        self.params, self.embedder, chunker = pipeline.params, pipeline.encoder, pipeline.chunker
         self.chunk_batches = [[c for t in batch for c in chunker.chunk(t)]
                               for batch in self.batches]
         self.end_to_end: list[float] = []

@@ -231,7 +231,8 @@ def test_static_embedding_model_is_distilled_stored_and_used(trained_env, sample
     # a normal retrain replaces it and removes the static model's folder
     env.run("train", "ebm-en", str(sample_corpus["train"]), "-b", "ebm.max_train_docs=50")
     assert not static_dir.exists()
-    assert json.loads((project / "ebm-model.json").read_text())["model_dir"] == ""
+    # (the default model exported to ONNX Runtime: a folder of its own)
+    assert json.loads((project / "ebm-model.json").read_text())["model_dir"].startswith("ebm-onnx-")
 
 
 def test_finetuned_model_is_stored_used_portable_and_safe_to_retrain(trained_env, sample_corpus,
@@ -247,7 +248,9 @@ def test_finetuned_model_is_stored_used_portable_and_safe_to_retrain(trained_env
     metadata = json.loads((project / "ebm-model.json").read_text())
     tuned_dir = project / metadata["model_dir"]
     assert metadata["model_dir"].startswith("ebm-tuned-") and metadata["model"]["finetune"] is True
-    assert (tuned_dir / "model.safetensors").exists()
+    # exported to ONNX Runtime with int8 weights after tuning (the CPU default)
+    assert metadata["model"]["encode_backend"] == "onnx"
+    assert (tuned_dir / "onnx" / "model_int8.onnx").exists()
     assert metadata["n_train_docs"] == 190
     # suggest loads the tuned model from the project (no base model, no network)
     result = env.run("suggest", "ebm-en", "--limit", "5", "-b", "ebm.device=cpu", stdin=TEXT)

@@ -46,6 +46,9 @@ def test_default_training_on_all_of_tibcore_en(tmp_path):
     metadata = json.loads((env.project_dir("tib") / "ebm-model.json").read_text())
     assert metadata["n_labels"] >= 78_741 and metadata["n_train_docs"] == ranker_docs
     assert metadata["model"]["finetune"] is True and metadata["model_dir"].startswith("ebm-tuned-")
+    # and then exported to ONNX Runtime with int8 weights, the CPU default
+    assert metadata["model"]["encode_backend"] == "onnx"
+    assert metadata["model"]["encode_quantization"] == "int8"
     assert not list(env.project_dir("tib").glob("tmp-*"))
 
     metrics = parse_metrics(env.run("eval", "tib", str(TIBCORE / "validate.tsv"),

@@ -15,7 +15,8 @@ from annif.exception import ConfigurationException, OperationFailedException
 
 from annif_ebm.embedding import load_encoder, model_location
 from annif_ebm.onnx_export import (FLOAT_FILE, INFO_FILE, INT8_FILE, KERNELS_ENV,
-                                   check_encode_backend, export_model, require_onnx_runtime)
+                                   check_encode_backend, export_model, require_onnx_runtime,
+                                   resolve_encode_backend)
 from annif_ebm.params import EbmParams
 
 from .conftest import AnnifEnv, parse_metrics
@@ -43,12 +44,22 @@ min_train_docs=0
 finetune=true
 finetune_epochs=1
 encode_backend=onnx
+encode_quantization=none
+
+[ebm-torch]
+name=EBM on torch
+language=en
+backend=ebm
+vocab=gnd
+min_train_docs=0
+encode_backend=torch
 
 [ebm-bad]
 name=int8 without onnx
 language=en
 backend=ebm
 vocab=gnd
+encode_backend=torch
 encode_quantization=int8
 """
 
@@ -83,7 +94,8 @@ def test_float32_export_gives_torchs_vectors(tmp_path, embedder):
 
 
 def test_impossible_combinations_are_clear_errors(monkeypatch):
-    cases = [({"encode_quantization": "int8"}, "set encode_backend=onnx as well"),
+    cases = [({"encode_backend": "torch", "encode_quantization": "int8"},
+              "set encode_backend=onnx as well"),
              ({"encode_backend": "onnx", "static_embedding": "true"}, "unset encode_backend"),
              ({"encode_backend": "onnx", "api_url": "http://localhost:1"}, "unset one of them")]
     for raw, message in cases:
@@ -96,6 +108,24 @@ def test_impossible_combinations_are_clear_errors(monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # the extra is missing
     with pytest.raises(OperationFailedException, match=r"pip install 'annif-ebm\[onnx\]'"):
         require_onnx_runtime()
+
+
+def test_auto_is_int8_on_onnx_runtime_on_the_cpu_and_torch_elsewhere(monkeypatch):
+    def resolve(device, **raw):
+        p = params(**raw)
+        return tuple(resolve_encode_backend(p.embedding, p.api, device).values())
+
+    assert resolve("cpu") == ("onnx", "int8")
+    assert resolve("cuda:0") == ("torch", "none")
+    assert resolve("mps") == ("torch", "none")
+    assert resolve("cpu", static_embedding="true") == ("torch", "none")
+    assert resolve("cpu", api_url="http://localhost:1") == ("torch", "none")
+    # what is given is kept; a given engine gets its own quantization default
+    assert resolve("cpu", encode_backend="torch") == ("torch", "none")
+    assert resolve("cpu", encode_quantization="none") == ("onnx", "none")
+    assert resolve("cuda:0", encode_backend="onnx") == ("onnx", "int8")
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # left out of the install
+    assert resolve("cpu") == ("torch", "none")
 
 
 @pytest.fixture(scope="module")
@@ -114,14 +144,16 @@ def own_model(env: AnnifEnv, project_id: str):
 
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
-def test_int8_project_trains_suggests_and_keeps_its_quality(onnx_env, trained_env,
-                                                            sample_corpus, tmp_path):
+def test_int8_project_trains_suggests_and_keeps_its_quality(onnx_env, sample_corpus, tmp_path):
     metadata, folder = own_model(onnx_env, "ebm-int8")
     assert metadata["model"]["encode_backend"] == "onnx"
     assert metadata["model"]["encode_quantization"] == "int8"
     assert (folder / INT8_FILE).exists() and not list(folder.glob("*.safetensors"))
     int8 = parse_metrics(onnx_env.run("eval", "ebm-int8", str(sample_corpus["test"])).stdout)
-    torch = parse_metrics(trained_env.run("eval", "ebm-en", str(sample_corpus["test"])).stdout)
+    onnx_env.run("train", "ebm-torch", str(sample_corpus["train"]))
+    metadata, _ = own_model(onnx_env, "ebm-torch")
+    assert metadata["model"]["encode_backend"] == "torch" and not metadata["model_dir"]
+    torch = parse_metrics(onnx_env.run("eval", "ebm-torch", str(sample_corpus["test"])).stdout)
     assert int8["F1@5"] > torch["F1@5"] - 0.04, (int8, torch)
     jobs = parse_metrics(onnx_env.run("eval", "ebm-int8", str(sample_corpus["test"]),
                                       "--jobs", "2").stdout)

