@@ -86,6 +86,18 @@ def test_int8_model_made_for_any_cpu_runs_correctly_here(tmp_path, monkeypatch, 
     assert np.allclose(np.linalg.norm(quantized, axis=1), 1, atol=1e-4)
 
 
+def test_an_int8_vector_does_not_depend_on_the_texts_beside_it(tmp_path):
+    # dynamic quantization scales a whole batch's activations: in batches of
+    # several texts a text's vector moved with its neighbours (REST batches
+    # and single texts got different suggestions)
+    p = params(encode_backend="onnx", encode_quantization="int8", batch_size="64")
+    export_model(*model_location(p.embedding.model), p.embedding, str(tmp_path))
+    encoder = load_encoder(p.embedding, p.api, str(tmp_path))
+    alone = np.stack([encoder.encode_queries([text])[0] for text in TEXTS])
+    np.testing.assert_array_equal(encoder.encode_queries(TEXTS), alone)
+    np.testing.assert_array_equal(encoder.encode_queries(TEXTS[::-1])[::-1], alone)
+
+
 def test_float32_export_gives_torchs_vectors(tmp_path, embedder):
     p = params(encode_backend="onnx")
     export_model(*model_location(p.embedding.model), p.embedding, str(tmp_path))
