@@ -348,8 +348,10 @@ def small_env(tmp_path_factory) -> AnnifEnv:
     docs.mkdir()
     for i, line in enumerate(read_tsv_lines(EXAMPLES / "test.tsv", 3)):
         (docs / f"doc{i}.txt").write_text(line.split("\t")[0])
+    # the server runs the model on torch: so does the project trained in
+    # process (on the CPU it would default to an int8 export of its own)
     env = AnnifEnv(path / "env", "[ebm-en]\nname=EBM\nlanguage=en\nbackend=ebm\n"
-                   "vocab=gnd\nxgb_rounds=60\nmin_train_docs=0\n")
+                   "vocab=gnd\nxgb_rounds=60\nmin_train_docs=0\nencode_backend=torch\n")
     env.run("load-vocab", "--language", "en", "gnd", str(path / "vocab.tsv"))
     env.run("train", "ebm-en", str(path / "train.tsv"))
     return env

@@ -346,7 +346,7 @@ def test_several_processes_read_one_project_at_once(trained_env):
 
 
 def test_wrong_embedding_dimension_is_a_clear_error(project, monkeypatch):
-    embedder = project.backend._encoder_for(project.backend._parse(project.backend.params))
+    embedder = project.backend._pipeline(project.backend.params).encoder  # the one suggest uses
     monkeypatch.setattr(embedder, "dimension", 128)
     with pytest.raises(OperationFailedException, match="gives 128 dimensions"):
         project.backend.suggest([Document(text=TEXT)])

@@ -62,8 +62,9 @@ def check_encode_backend(embedding: EmbeddingSettings, api: ApiSettings) -> None
             "already a table of token vectors); unset encode_backend or static_embedding")
     if api.api_url:
         raise ConfigurationException(
-            "encode_backend=onnx runs the model in this process, api_url on a server; "
-            "unset one of them")
+            "encode_backend=onnx (the model exported into the project, the default on the "
+            "CPU) runs in this process, api_url on a server; unset one of them (a project "
+            "that is to embed through a server trains with encode_backend=torch)")
 
 
 def onnx_runtime_installed() -> bool:
