@@ -35,7 +35,7 @@ def resolve_encode_backend(embedding: EmbeddingSettings, api: ApiSettings,
                            device: str) -> dict[str, str]:
     """``encode_backend``/``encode_quantization`` with ``auto`` decided for a
     training run on ``device``: ONNX Runtime with int8 weights for a model run
-    in this process on the CPU (2.8x torch's speed, F1@5 within 0.003 on
+    in this process on the CPU (1.86x torch's suggest speed, F1@5 within 0.002 on
     tibcore-en and yso-finna-en), torch on a GPU, for static and API models,
     and where ONNX Runtime is not installed."""
     backend, quantization = embedding.encode_backend, embedding.encode_quantization

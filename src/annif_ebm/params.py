@@ -203,7 +203,7 @@ class EmbeddingSettings:
         Kind.MODEL,
         _choice("auto", "none", "int8"),
         "with encode_backend=onnx: int8 quantizes the exported model's weights "
-        "(dynamic quantization, for the CPU it is trained on): about 2.8x faster, "
+        "(dynamic quantization, for the CPU it is trained on): about 2x faster, "
         "vectors within about 1% cosine; auto = int8 with onnx, else none",
     )
     device: str = _param(
