@@ -27,7 +27,10 @@ from common import BENCH, DATA_ROOT, DATASETS, time_stats, timed_run, write_repo
 
 BIN = Path(sys.executable).parent
 PROJECTS = {
-    "ebm": "backend=ebm",  # the defaults: fine-tuned since the 2026-12-04 s13 results
+    # the defaults: fine-tuned since the 2026-12-04 s13 results, on ONNX
+    # Runtime with int8 weights on the CPU since 2026-12-05 s16
+    "ebm": "backend=ebm",
+    "ebm-torch": "backend=ebm\nencode_backend=torch",  # the default before s16
     "ebm-frozen": "backend=ebm\nfinetune=false",
     # trained without a corpus: the shipped general ranker (issue 20)
     "ebm-zero-shot": "backend=ebm",
