@@ -100,6 +100,17 @@ def test_same_explicit_model_setting_is_fine():
     assert params.with_stored_model(stored).texts.use_altlabels is True
 
 
+def test_auto_written_out_agrees_with_what_training_decided():
+    # encode_backend=auto is decided at train time (onnx/int8 on the CPU);
+    # the same projects.cfg line must not contradict the stored decision
+    stored = dict(EbmParams().model_settings(), encode_backend="onnx", encode_quantization="int8")
+    params = EbmParams.parse({"encode_backend": "auto", "encode_quantization": "auto"})
+    decided = params.with_stored_model(stored).embedding
+    assert (decided.encode_backend, decided.encode_quantization) == ("onnx", "int8")
+    with pytest.raises(ConfigurationException, match="'encode_backend' is 'torch'"):
+        EbmParams.parse({"encode_backend": "torch"}).with_stored_model(stored)
+
+
 def test_finetune_is_on_by_default_off_with_a_server_and_off_for_older_models():
     assert EbmParams.parse({}).finetune.finetune is True
     from annif_ebm.finetune import MIN_TUNING_DOCS  # the documented threshold is the code's

@@ -176,9 +176,9 @@ class EmbeddingCache:
                 # drifted up by ~170 MB over 150k chunks without this
                 return_free_heap()
         con.execute("DROP TABLE cache_missing")
-        # the last rows appended stay in the pool until a checkpoint writes
-        # them out; a join that streams the table next ran out of a 32 MB
-        # pool on them in one test run of four
+        # the new vectors to the file before a join streams the table (under
+        # a 32 MB pool the join ran out of memory in 5 of 8 test runs without
+        # this, 1 of 8 with it: the join's retry in halves does the rest)
         con.execute(f"CHECKPOINT {ALIAS}")
         return table, missing
 

@@ -610,11 +610,13 @@ class EbmParams:
         """Take model-defining settings from the trained model's metadata.
 
         A setting given explicitly with a different value is an error naming
-        both values; settings not given are taken from the stored model. A
+        both values (``auto``, which training decides, agrees with what it
+        decided); settings not given are taken from the stored model. A
         setting newer than the model has the value that models had before it."""
         stored = {**SETTINGS_OF_OLDER_MODELS, **stored}
         for name, stored_value in stored.items():
-            if check and name in self.explicit and self.value(name) != stored_value:
+            given = self.value(name) if name in self.explicit else None
+            if check and given not in (None, "auto", stored_value):
                 defines = ("the ranker's features" if name in FEATURE_SETTINGS
                            else "the stored vectors")
                 raise ConfigurationException(
