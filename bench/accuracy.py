@@ -32,6 +32,8 @@ PROJECTS = {
     "ebm": "backend=ebm",
     "ebm-torch": "backend=ebm\nencode_backend=torch",  # the default before s16
     "ebm-frozen": "backend=ebm\nfinetune=false",
+    # ranked by the ranker's probability alone: no boost of unseen subjects (issue 18)
+    "ebm-no-unseen-boost": "backend=ebm\nunseen_boost=0",
     # trained without a corpus: the shipped general ranker (issue 20)
     "ebm-zero-shot": "backend=ebm",
     # another model without documents: the scale-free ranker

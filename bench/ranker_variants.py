@@ -18,7 +18,10 @@ ranker's (trained on the label-match candidates with the kNN, prior,
 hierarchy and label features left out, as ebm-labels-only sees them);
 ``blend_max=A``: the larger of this ranker's score and A x the label-only one;
 ``drop=F1+F2``: the feature families F1, F2 (features.FEATURE_FAMILIES) left
-out of training and validate, as if switched off.
+out of training and validate, as if switched off; ``unseen_boost=B``: the
+project's ``unseen_boost`` (B x the stored training documents' unseen share
+added to the log-odds of each candidate that no training document has, on this
+variant's own Platt curve; pairwise variants).
 Writes bench/results/ranker-variants-DATASET-DATE[-TAG].md.
 """
 
@@ -80,10 +83,32 @@ def validate_candidates(project_id: str, texts: list[str], cache: Path) -> pl.Da
     return frame
 
 
+def unseen_share(project_id: str) -> float:
+    """The stored training documents' unseen share (Pipeline.unseen_boosts)."""
+    from common import annif_project
+
+    with annif_project(project_id) as project:
+        return project.backend._load_model().store.training_documents().unseen_share
+
+
+def margin_boosts(booster, train: pl.DataFrame, found: pl.DataFrame, boost: float,
+                  share: float) -> np.ndarray:
+    """``boost`` x ``share`` in log-odds, in ``booster``'s margin units (its
+    Platt curve fitted on the training rows, as training fits it), for the
+    candidates no training document has."""
+    from annif_ebm.features import FEATURE_NAMES
+    from annif_ebm.ranker import platt_scaling
+
+    margins = booster.inplace_predict(train.select(FEATURE_NAMES).to_numpy().astype(np.float32))
+    slope, _ = platt_scaling(margins, train["gold"].to_numpy())
+    return boost * share / slope * (found["prior"].to_numpy() == 0)
+
+
 def parse_variant(text: str) -> dict:
     objective, *settings = text.split(",")
     variant = {"name": text, "objective": objective, "unseen_weight": 1.0, "unseen_label": 1.0,
-               "rounds": 300, "depth": 6, "eta": 0.05, "blend": 0.0, "blend_max": 0.0, "drop": ""}
+               "rounds": 300, "depth": 6, "eta": 0.05, "blend": 0.0, "blend_max": 0.0, "drop": "",
+               "unseen_boost": 0.0}
     for setting in settings:
         key, value = setting.split("=")
         variant[key] = type(variant[key])(value)
@@ -180,13 +205,17 @@ def main() -> None:
     from annif_ebm.features import FEATURE_NAMES
 
     validate_features = found.select(FEATURE_NAMES).to_numpy().astype(np.float32)
-    rows, label_scores = [], None
+    rows, label_scores, share = [], None, None
     for text in args.variants:
         variant = parse_variant(text)
         booster = fit(without(train, variant["drop"]), variant, args.threads)
         scores = booster.inplace_predict(
             without(found, variant["drop"]).select(FEATURE_NAMES).to_numpy().astype(np.float32)
             if variant["drop"] else validate_features)
+        if variant["unseen_boost"]:
+            if share is None:
+                share = unseen_share(args.project)
+            scores = scores + margin_boosts(booster, train, found, variant["unseen_boost"], share)
         if variant["blend"] or variant["blend_max"]:
             if label_scores is None:
                 label_scores = label_only_scores(train, found, args.threads)

@@ -1,6 +1,7 @@
 """End to end through the real ``annif`` command in subprocesses."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -90,6 +91,29 @@ def test_parallel_eval_jobs_give_the_same_results(trained_env, sample_corpus):
     two = parse_metrics(trained_env.run("eval", "ebm-en", test, "--jobs", "2").stdout)
     assert two["F1@5"] == pytest.approx(one["F1@5"], abs=1e-4)
     assert two["Documents evaluated"] == one["Documents evaluated"]
+
+
+def test_unseen_boost_raises_only_subjects_that_no_training_document_has(trained_env,
+                                                                         sample_corpus):
+    """The default unseen_boost lifts the scores of subjects that no training
+    document has, and leaves the others' alone (unseen_boost=0: the ranker's
+    own probabilities)."""
+    seen = {uri for line in sample_corpus["train"].read_text(encoding="utf-8").splitlines()
+            for uri in re.findall(r"<([^>]+)>", line.split("\t")[1])}
+
+    def scores(*args: str) -> dict[str, float]:
+        out = trained_env.run("suggest", "ebm-en", "--limit", "40", *args, stdin=TEXT).stdout
+        return {line.split("\t")[0].strip("<>"): float(line.split("\t")[2])
+                for line in out.strip().splitlines()}
+
+    plain, boosted = scores("-b", "ebm.unseen_boost=0"), scores()
+    both = plain.keys() & boosted.keys()
+    unseen, known = [u for u in both if u not in seen], [u for u in both if u in seen]
+    scored = [u for u in unseen if 0.001 <= plain[u] <= 0.99]  # annif prints 4 decimals
+    assert scored and known
+    assert all(boosted[u] > plain[u] + 0.0001 for u in scored)
+    assert all(boosted[u] >= plain[u] for u in unseen)
+    assert all(boosted[u] == pytest.approx(plain[u], abs=1e-4) for u in known)
 
 
 def test_conflicting_model_setting_is_a_clear_error(trained_env):

@@ -48,6 +48,17 @@ def test_subjects_priors_and_leave_one_out():
         np.log1p([2, 0, 2]))
 
 
+def test_unseen_subjects_and_their_share():
+    """Subject 5 is on one document of three, 7 on three: one of the four
+    (document, subject) pairs has a subject that no other document has."""
+    docs = TrainingDocuments.from_pairs(
+        unit([1, 0], [0, 1], [1, 1]), np.array([0, 0, 1, 2]), np.array([5, 7, 7, 7]))
+    assert docs.unseen_share == pytest.approx(0.25)
+    assert docs.unseen(np.array([5, 7, 6, 99, -1])).tolist() == [False, False, True, True, True]
+    empty = TrainingDocuments.from_pairs(unit([1, 0]), np.zeros(0, int), np.zeros(0, int))
+    assert empty.unseen_share == 0.0
+
+
 def test_neighbours_vote_for_their_subjects_never_for_themselves():
     # documents 0 and 1 are about "x", document 2 about "y"
     docs = TrainingDocuments.from_pairs(

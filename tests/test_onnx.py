@@ -16,7 +16,7 @@ from annif.exception import ConfigurationException, OperationFailedException
 from annif_ebm.embedding import load_encoder, model_location
 from annif_ebm.onnx_export import (FLOAT_FILE, INFO_FILE, INT8_FILE, KERNELS_ENV,
                                    check_encode_backend, export_model, require_onnx_runtime,
-                                   resolve_encode_backend)
+                                   resolve_encode_backend, session_kwargs)
 from annif_ebm.params import EbmParams
 
 from .conftest import AnnifEnv, parse_metrics
@@ -103,6 +103,13 @@ def test_float32_export_gives_torchs_vectors(tmp_path, embedder):
     export_model(*model_location(p.embedding.model), p.embedding, str(tmp_path))
     vectors = load_encoder(p.embedding, p.api, str(tmp_path)).encode_documents(TEXTS)
     assert np.abs(vectors - embedder.encode_documents(TEXTS)).max() < 1e-4
+
+
+def test_onnx_runtime_threads_stop_spinning_when_a_run_returns():
+    """Spinning ONNX Runtime threads slowed the label search after encoding."""
+    options = session_kwargs(2)["session_options"]
+    assert options.get_session_config_entry("session.force_spinning_stop") == "1"
+    assert options.intra_op_num_threads == 2
 
 
 def test_impossible_combinations_are_clear_errors(monkeypatch):

@@ -103,6 +103,22 @@ def test_pairwise_scores_are_calibrated_probabilities(tmp_path):
         assert abs(test_gold[band].mean() - scores[band].mean()) < 0.05
 
 
+@pytest.mark.parametrize("params", [PARAMS, BINARY], ids=["pairwise", "binary"])
+def test_boosts_are_added_to_the_log_odds(tmp_path, params):
+    rng = np.random.default_rng(5)
+    features = rng.random((4000, len(FEATURE_NAMES)), dtype=np.float32)
+    gold = rng.random(4000) < features[:, FEATURE_NAMES.index("max_score")]  # noisy
+    ranker = train(features, gold, tmp_path, params)
+    plain = ranker.predict(features[:50])
+    boosts = np.where(np.arange(50) % 2 == 0, 1.5, 0.0)
+    boosted = ranker.predict(features[:50], boosts=boosts)
+    logit = np.log(plain / (1 - plain))
+    assert np.log(boosted / (1 - boosted)) == pytest.approx(logit + boosts, abs=1e-3)
+    # in margin units: a margin raised by them gets the boosted probability
+    margins = ranker.margins(features[:50]) + ranker.margin_boosts(boosts)
+    assert ranker.probability(margins) == pytest.approx(boosted, abs=1e-6)
+
+
 def test_platt_scaling_recovers_a_known_curve():
     rng = np.random.default_rng(4)
     margins = rng.normal(0, 2, 200_000)

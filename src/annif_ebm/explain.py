@@ -7,7 +7,10 @@ how closely, which stored training documents nearest to the text carry the
 subject, how many training documents have it, and how much each feature
 family moved the ranker. The last are XGBoost's own per-feature contributions
 (SHAP values, ``pred_contribs``): with the ranker's baseline they sum to its
-margin, which the ranker's logistic curve turns into the score.
+margin, which the ranker's logistic curve turns into the score. A subject that
+no training document has gets one more contribution, ``unseen_boost``
+(the boost of :meth:`~annif_ebm.suggest.Pipeline.unseen_boosts` in margin
+units), counted into its margin.
 """
 
 from __future__ import annotations
@@ -36,12 +39,16 @@ FAMILIES = {
     "knn": "similar training documents",
     "prior": "how often it is used",
     "hierarchy": "related candidates",
+    "unseen": "no training document has it (unseen_boost)",
 }
+UNSEEN_BOOST = "unseen_boost"  # the boost's entry among the feature contributions
 NEIGHBOURS_SHOWN = 5  # nearest training documents with the subject, per suggestion
 
 
 def family_of(feature: str) -> str:
     """The :data:`FAMILIES` key of a ranker feature."""
+    if feature == UNSEEN_BOOST:
+        return "unseen"
     return next((family for family, names in FEATURE_FAMILIES.items() if feature in names),
                 "passages")
 
@@ -85,7 +92,7 @@ class SubjectExplanation:
     label: str
     notation: str | None
     score: float  # as annif suggest gives it
-    margin: float  # the ranker's raw score (= baseline + the feature contributions)
+    margin: float  # the ranker's raw score + unseen boost (= baseline + the contributions)
     contributions: dict[str, float]  # per family of FAMILIES (the ranker's)
     feature_contributions: dict[str, float]  # per ranker feature
     features: dict[str, float | None]  # the candidate's feature values (None: missing)
@@ -147,6 +154,10 @@ def explain_texts(texts: list[str], pipeline: Pipeline, limit: int, subjects,
     values = feature_matrix(found)[chosen["row"].to_numpy()]
     contributions, _ = ranker.contributions(values)
     margins = ranker.margins(values)  # the booster's own; the contributions sum to them
+    boosts = pipeline.unseen_boosts(found)
+    if boosts is not None:  # one more contribution, in margin units
+        boosts = ranker.margin_boosts(boosts[chosen["row"].to_numpy()])
+        margins = margins + boosts
     baseline = ranker.baseline
     evidence = _Evidence(pipeline, matcher, hits, chosen,
                          pool_documents(chunked.doc, vectors, len(texts)))
@@ -160,6 +171,8 @@ def explain_texts(texts: list[str], pipeline: Pipeline, limit: int, subjects,
         for row in np.flatnonzero(chosen_doc == doc):
             concept, score = int(chosen_concept[row]), float(chosen_score[row])
             by_feature = dict(zip(names, contributions[row].astype(float)))
+            if boosts is not None:
+                by_feature[UNSEEN_BOOST] = float(boosts[row])
             by_family = dict.fromkeys(FAMILIES, 0.0)
             for name, value in by_feature.items():
                 by_family[family_of(name)] += value

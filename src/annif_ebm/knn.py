@@ -14,6 +14,7 @@ for the products: a similarity moves by about 1e-5.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import numpy as np
 import polars as pl
@@ -79,6 +80,19 @@ class TrainingDocuments:
 
     def __len__(self) -> int:
         return len(self.vectors)
+
+    @functools.cached_property
+    def unseen_share(self) -> float:
+        """The share of a training document's subjects that no other training
+        document has (leave-one-out): an estimate of the share of a new
+        document's subjects that no training document has."""
+        return float((self.subject_counts == 1).sum() / len(self.subjects)) if len(self.subjects) else 0.0
+
+    def unseen(self, concept_id: np.ndarray) -> np.ndarray:
+        """Whether no training document has subject ``concept_id[i]``."""
+        concept_id = np.asarray(concept_id, dtype=np.int64)
+        inside = (concept_id >= 0) & (concept_id < len(self.subject_counts))
+        return ~inside | (self.subject_counts[np.where(inside, concept_id, 0)] == 0)
 
     def has_subject(self, doc: np.ndarray, concept_id: np.ndarray) -> np.ndarray:
         """Whether training document ``doc[i]`` has subject ``concept_id[i]``."""

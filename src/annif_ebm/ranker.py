@@ -143,19 +143,22 @@ class Ranker:
             )
         return cls(booster)
 
-    def predict(self, features: np.ndarray, threads: int = 0) -> np.ndarray:
+    def predict(self, features: np.ndarray, threads: int = 0,
+                boosts: np.ndarray | None = None) -> np.ndarray:
         """Probability that each candidate is a correct subject
-        (``features``: the columns of :data:`FEATURE_NAMES`)."""
+        (``features``: the columns of :data:`FEATURE_NAMES`); ``boosts``:
+        log-odds added to each candidate's (see :meth:`margin_boosts`)."""
         if len(features) == 0:
             return np.zeros(0, dtype=np.float32)
         with self._lock:
             if threads != self._threads:
                 self.booster.set_param({"nthread": threads})
                 self._threads = threads
-            scores = self.booster.inplace_predict(self._own_columns(features))
-        if self.calibration is not None:
-            scores = _sigmoid(self.calibration[0] * scores + self.calibration[1])
-        return scores.astype(np.float32)
+            if boosts is not None or self.calibration is not None:
+                margins = self.booster.inplace_predict(self._own_columns(features),
+                                                       predict_type="margin")
+                return self.probability(margins, boosts)
+            return self.booster.inplace_predict(self._own_columns(features)).astype(np.float32)
 
     def _own_columns(self, features: np.ndarray) -> np.ndarray:
         return features[:, self.columns] if len(self.columns) != features.shape[1] else features
@@ -185,10 +188,19 @@ class Ranker:
             return self.booster.inplace_predict(self._own_columns(features),
                                                 predict_type="margin")
 
-    def probability(self, margins: np.ndarray) -> np.ndarray:
-        """The score :meth:`predict` gives for these margins."""
+    def probability(self, margins: np.ndarray, boosts: np.ndarray | None = None) -> np.ndarray:
+        """The score :meth:`predict` gives for these margins (and boosts)."""
         a, b = self.calibration if self.calibration is not None else (1.0, 0.0)
-        return _sigmoid(a * np.asarray(margins, dtype=np.float64) + b).astype(np.float32)
+        logits = a * np.asarray(margins, dtype=np.float64) + b
+        if boosts is not None:
+            logits = logits + boosts
+        return _sigmoid(logits).astype(np.float32)
+
+    def margin_boosts(self, boosts: np.ndarray) -> np.ndarray:
+        """Log-odds ``boosts`` in the booster's margin units: a margin raised
+        by these gets the boosted probability."""
+        a = self.calibration[0] if self.calibration is not None else 1.0
+        return (np.asarray(boosts, dtype=np.float64) / a).astype(np.float32)
 
     @property
     def feature_names(self) -> list[str]:

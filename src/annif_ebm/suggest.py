@@ -123,8 +123,21 @@ class Pipeline:
     def rank(self, found: pl.DataFrame, n_texts: int) -> tuple[np.ndarray, SuggestionBatch]:
         """The ranker's score of every candidate and the best ``limit`` per text."""
         p = self.params
-        scores = self.model.ranker.predict(feature_matrix(found), p.ranker.xgb_jobs)
+        scores = self.model.ranker.predict(feature_matrix(found), p.ranker.xgb_jobs,
+                                           self.unseen_boosts(found))
         return scores, best_suggestions(found, scores, n_texts, self.active, p.general.limit)
+
+    def unseen_boosts(self, found: pl.DataFrame) -> np.ndarray | None:
+        """The log-odds added to each candidate: ``unseen_boost`` x the
+        training documents' unseen share for a subject that no training
+        document has, else 0; None without a boost or stored training
+        documents (kNN and priors off, or none given)."""
+        boost = self.params.ranker.unseen_boost
+        training = self.model.training_documents(self.params.features)
+        if not boost or training is None or not training.unseen_share:
+            return None
+        unseen = training.unseen(found["concept_id"].to_numpy())
+        return np.where(unseen, boost * training.unseen_share, 0.0)
 
 
 def suggest(texts: list[str], pipeline: Pipeline, timer: StageTimer) -> SuggestionBatch:
