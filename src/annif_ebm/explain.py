@@ -257,8 +257,7 @@ class _Evidence:
     def training_documents(self, concept: int) -> int | None:
         if self.training is None or "prior" in self.disabled:
             return None
-        counts = self.training.subject_counts
-        return int(counts[concept]) if concept < len(counts) else 0
+        return int(self.training.subject_count(np.array([concept]))[0])
 
 
 def locate(text: str, chunks: list[str]) -> list[tuple[int, int] | None]:

@@ -88,11 +88,16 @@ class TrainingDocuments:
         document's subjects that no training document has."""
         return float((self.subject_counts == 1).sum() / len(self.subjects)) if len(self.subjects) else 0.0
 
-    def unseen(self, concept_id: np.ndarray) -> np.ndarray:
-        """Whether no training document has subject ``concept_id[i]``."""
+    def subject_count(self, concept_id: np.ndarray) -> np.ndarray:
+        """How many training documents have subject ``concept_id[i]`` (0 for
+        an id no training document knows)."""
         concept_id = np.asarray(concept_id, dtype=np.int64)
         inside = (concept_id >= 0) & (concept_id < len(self.subject_counts))
-        return ~inside | (self.subject_counts[np.where(inside, concept_id, 0)] == 0)
+        return np.where(inside, self.subject_counts[np.where(inside, concept_id, 0)], 0)
+
+    def unseen(self, concept_id: np.ndarray) -> np.ndarray:
+        """Whether no training document has subject ``concept_id[i]``."""
+        return self.subject_count(concept_id) == 0
 
     def has_subject(self, doc: np.ndarray, concept_id: np.ndarray) -> np.ndarray:
         """Whether training document ``doc[i]`` has subject ``concept_id[i]``."""
@@ -106,9 +111,7 @@ class TrainingDocuments:
     def prior(self, concept_id: np.ndarray, own_doc: np.ndarray | None = None) -> np.ndarray:
         """log(1 + number of training documents with the subject), leaving
         out document ``own_doc[i]`` (training) where given."""
-        concept_id = np.asarray(concept_id, dtype=np.int64)
-        inside = (concept_id >= 0) & (concept_id < len(self.subject_counts))
-        counts = np.where(inside, self.subject_counts[np.where(inside, concept_id, 0)], 0)
+        counts = self.subject_count(concept_id)
         if own_doc is not None:
             counts = counts - self.has_subject(own_doc, concept_id)
         return np.log1p(counts).astype(np.float32)
