@@ -42,9 +42,13 @@ PROJECTS = {
     # fine-tuned on the project's own data (issue 19)
     "ebm-finetune": "backend=ebm\nfinetune=true",
     "ebm-static-finetune": "backend=ebm\nstatic_embedding=true\nfinetune=true",
+    # a larger corpus tunes on more of its documents (issue 19: yso-finna-en has 100k)
+    "ebm-finetune-10k": "backend=ebm\nfinetune_docs=10000",
     # a static model is cheap to tune: on more documents
     "ebm-static-finetune-20k": "backend=ebm\nstatic_embedding=true\nfinetune=true\n"
                                "finetune_docs=20000",
+    "ebm-static-finetune-3-epochs": "backend=ebm\nstatic_embedding=true\nfinetune=true\n"
+                                    "finetune_epochs=3",
     # the same (fine-tuned) model on ONNX Runtime, float32 and int8 (issue 22)
     "ebm-onnx": "backend=ebm\nencode_backend=onnx",
     "ebm-onnx-int8": "backend=ebm\nencode_backend=onnx\nencode_quantization=int8",
