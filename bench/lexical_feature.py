@@ -1,0 +1,135 @@
+"""Would a lexical-match feature help the ranker? (issue 19, measured, not built)
+
+On one trained ebm project: the ranker refitted on its stored training
+candidates (``ebm-train.duckdb``) with and without one more feature, 1 where a
+label of the candidate occurs in the document's text (lowercased, whole words,
+a final "s" of a word longer than 3 ignored), and both scored on the validate
+candidates (collected and cached as bench/ranker_variants.py does). The ranker
+is the default's (pairwise, unseen gold subjects at relevance 2), without the
+unseen boost. Training texts are the corpus lines whose first 160 characters
+are the stored openings.
+
+  python bench/lexical_feature.py yso-finna-en --workdir bench/work/yso-s18 --project ebm-finetune-10k
+
+Writes bench/results/lexical-feature-DATASET-DATE[-TAG].md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+import metrics
+import ranker_variants
+from common import BENCH, DATA_ROOT, DATASETS, write_report
+
+
+def words(text: str) -> tuple[str, ...]:
+    return tuple(w[:-1] if len(w) > 3 and w.endswith("s") else w
+                 for w in re.findall(r"\w+", text.lower()))
+
+
+def phrases(text: str, longest: int = 6) -> set[str]:
+    """Every run of up to ``longest`` words of the text."""
+    w = words(text)
+    return {" ".join(w[i:i + n]) for n in range(1, longest + 1) for i in range(len(w) - n + 1)}
+
+
+def lexical_match(frame: pl.DataFrame, text_of, labels_of: dict[int, set[str]]) -> np.ndarray:
+    seen: dict[int, set[str]] = {}
+    out = np.zeros(frame.height, dtype=np.float32)
+    for i, (doc, concept) in enumerate(frame.select("doc", "concept_id").iter_rows()):
+        if doc not in seen:
+            seen[doc] = phrases(text_of(doc))
+        out[i] = bool(labels_of.get(concept, set()) & seen[doc])
+    return out
+
+
+def main() -> None:
+    import duckdb
+    import xgboost as xgb
+
+    from annif_ebm.features import FEATURE_NAMES
+    from annif_ebm.model_files import TRAIN_FILE
+
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("dataset", choices=sorted(DATASETS))
+    parser.add_argument("--workdir", type=Path, required=True)
+    parser.add_argument("--project", default="ebm")
+    parser.add_argument("--tag", default="")
+    args = parser.parse_args()
+    workdir = args.workdir.resolve()
+    os.environ.update(ANNIF_PROJECTS=str(workdir / "projects.cfg"),
+                      ANNIF_DATADIR=str(workdir / "data"),
+                      NLTK_DATA=str(workdir / "nltk_data"), HF_HUB_OFFLINE="1")
+    _, train_name, validate_name = DATASETS[args.dataset]
+    validate_tsv = DATA_ROOT / args.dataset / validate_name
+    with open(validate_tsv, encoding="utf-8") as file:
+        texts = [line.split("\t", 1)[0] for line in file if "\t" in line]
+    gold = metrics.read_gold(str(validate_tsv))
+    seen = set().union(*metrics.read_gold(str(DATA_ROOT / args.dataset / train_name)))
+    found = ranker_variants.validate_candidates(
+        args.project, texts, workdir / f"validate-candidates-{args.project}.parquet")
+    train = ranker_variants.training_candidates(workdir / "data", args.project)
+
+    project_dir = workdir / "data" / "projects" / args.project
+    store = next(project_dir.glob("ebm-labels-*.duckdb"))
+    with duckdb.connect(str(store), read_only=True) as con:
+        labels = con.execute("SELECT concept_id, label FROM labels").fetchall()
+    with duckdb.connect(str(project_dir / TRAIN_FILE), read_only=True) as con:
+        openings = dict(con.execute("SELECT doc, text FROM openings").fetchall())
+    labels_of: dict[int, set[str]] = {}
+    for concept, label in labels:
+        labels_of.setdefault(concept, set()).add(" ".join(words(label)))
+    full: dict[str, str] = {}
+    with open(DATA_ROOT / args.dataset / train_name, encoding="utf-8") as file:
+        for line in file:
+            text = line.split("\t", 1)[0]
+            full.setdefault(text[:160], text)
+
+    def training_text(doc: int) -> str:
+        opening = openings.get(doc, "")
+        return full.get(opening, opening)
+
+    train = train.with_columns(lexical=pl.Series(lexical_match(train, training_text, labels_of)))
+    found = found.with_columns(lexical=pl.Series(lexical_match(found, texts.__getitem__, labels_of)))
+    rows = []
+    for name, features in (("without", list(FEATURE_NAMES)),
+                           ("with lexical", [*FEATURE_NAMES, "lexical"])):
+        relevance = train["gold"].to_numpy().astype(np.float32)
+        prior = np.nan_to_num(train["prior"].to_numpy(), nan=0.0)
+        relevance = np.where((relevance > 0) & (prior == 0), 2.0, relevance)
+        data = xgb.DMatrix(train.select(features).to_numpy().astype(np.float32), label=relevance,
+                           feature_names=features, qid=train["doc"].to_numpy())
+        booster = xgb.train({"objective": "rank:pairwise", "eta": 0.05, "max_depth": 6,
+                             "subsample": 0.8, "tree_method": "hist", "nthread": os.cpu_count(),
+                             "seed": 42}, data, num_boost_round=300)
+        scores = booster.inplace_predict(found.select(features).to_numpy().astype(np.float32))
+        ranked = ranker_variants.ranked_uris(found, scores, len(gold))
+        row = {"ranker": name, **metrics.evaluate(ranked, gold),
+               "Seen-R@5": metrics.seen_recall(ranked, gold, seen),
+               "Unseen-R@5": metrics.unseen_recall(ranked, gold, seen)}
+        rows.append(row)
+        print(row, flush=True)
+    matched = train.filter(pl.col("lexical") > 0)
+    write_report(f"lexical-feature-{args.dataset}", args.tag,
+                 f"Lexical-match feature: {args.dataset}", [
+                     f"- project `{args.project}`: {train.height} training candidates, "
+                     f"{found.height} validate candidates ({len(gold)} documents)",
+                     f"- training candidates with a lexical match: {matched.height} "
+                     f"({matched['gold'].mean():.3f} of them gold, against "
+                     f"{train['gold'].mean():.3f} of all)"],
+                 rows, ["ranker", "F1@5", "NDCG", "Precision@1", "Recall@5", "Seen-R@5",
+                        "Unseen-R@5"])
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(BENCH))
+    main()
