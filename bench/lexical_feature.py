@@ -6,8 +6,8 @@ label of the candidate occurs in the document's text (lowercased, whole words,
 a final "s" of a word longer than 3 ignored), and both scored on the validate
 candidates (collected and cached as bench/ranker_variants.py does). The ranker
 is the default's (pairwise, unseen gold subjects at relevance 2), without the
-unseen boost. Training texts are the corpus lines whose first 160 characters
-are the stored openings.
+unseen boost. Training texts are the corpus lines whose first characters are
+the stored openings.
 
   python bench/lexical_feature.py yso-finna-en --workdir bench/work/yso-s18 --project ebm-finetune-10k
 
@@ -28,6 +28,9 @@ import polars as pl
 import metrics
 import ranker_variants
 from common import BENCH, DATA_ROOT, DATASETS, write_report
+
+# the backend's ranker: pairwise, unseen gold subjects at relevance 2
+DEFAULT_RANKER = ranker_variants.parse_variant("rank:pairwise,unseen_label=2")
 
 
 def words(text: str) -> tuple[str, ...]:
@@ -53,10 +56,10 @@ def lexical_match(frame: pl.DataFrame, text_of, labels_of: dict[int, set[str]]) 
 
 def main() -> None:
     import duckdb
-    import xgboost as xgb
 
     from annif_ebm.features import FEATURE_NAMES
     from annif_ebm.model_files import TRAIN_FILE
+    from annif_ebm.store import OPENING_CHARS
 
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawTextHelpFormatter)
@@ -92,7 +95,7 @@ def main() -> None:
     with open(DATA_ROOT / args.dataset / train_name, encoding="utf-8") as file:
         for line in file:
             text = line.split("\t", 1)[0]
-            full.setdefault(text[:160], text)
+            full.setdefault(text[:OPENING_CHARS], text)
 
     def training_text(doc: int) -> str:
         opening = openings.get(doc, "")
@@ -103,14 +106,7 @@ def main() -> None:
     rows = []
     for name, features in (("without", list(FEATURE_NAMES)),
                            ("with lexical", [*FEATURE_NAMES, "lexical"])):
-        relevance = train["gold"].to_numpy().astype(np.float32)
-        prior = np.nan_to_num(train["prior"].to_numpy(), nan=0.0)
-        relevance = np.where((relevance > 0) & (prior == 0), 2.0, relevance)
-        data = xgb.DMatrix(train.select(features).to_numpy().astype(np.float32), label=relevance,
-                           feature_names=features, qid=train["doc"].to_numpy())
-        booster = xgb.train({"objective": "rank:pairwise", "eta": 0.05, "max_depth": 6,
-                             "subsample": 0.8, "tree_method": "hist", "nthread": os.cpu_count(),
-                             "seed": 42}, data, num_boost_round=300)
+        booster = ranker_variants.fit(train, DEFAULT_RANKER, os.cpu_count(), features)
         scores = booster.inplace_predict(found.select(features).to_numpy().astype(np.float32))
         ranked = ranker_variants.ranked_uris(found, scores, len(gold))
         row = {"ranker": name, **metrics.evaluate(ranked, gold),

@@ -115,12 +115,15 @@ def parse_variant(text: str) -> dict:
     return variant
 
 
-def fit(train: pl.DataFrame, variant: dict, threads: int):
+def fit(train: pl.DataFrame, variant: dict, threads: int, names: list[str] | None = None):
+    """A ranker for ``variant`` on the columns ``names`` of ``train`` (the
+    features of the backend where not given)."""
     import xgboost as xgb
 
     from annif_ebm.features import FEATURE_NAMES
 
-    features = train.select(FEATURE_NAMES).to_numpy().astype(np.float32)
+    names = list(names or FEATURE_NAMES)
+    features = train.select(names).to_numpy().astype(np.float32)
     gold = train["gold"].to_numpy().astype(np.float32)
     prior = np.nan_to_num(train["prior"].to_numpy(), nan=0.0)
     unseen_gold = (gold > 0) & (prior == 0)
@@ -128,7 +131,7 @@ def fit(train: pl.DataFrame, variant: dict, threads: int):
     ranking = variant["objective"].startswith("rank:")
     if ranking:
         gold = np.where(unseen_gold, variant["unseen_label"], gold)
-    data = xgb.DMatrix(features, label=gold, feature_names=list(FEATURE_NAMES),
+    data = xgb.DMatrix(features, label=gold, feature_names=names,
                        qid=train["doc"].to_numpy() if ranking else None,
                        weight=None if ranking else weight)
     if ranking and variant["unseen_weight"] != 1.0:
