@@ -54,8 +54,32 @@ def lexical_match(frame: pl.DataFrame, text_of, labels_of: dict[int, set[str]]) 
     return out
 
 
+def with_family(frame: pl.DataFrame, lexicon, chunker, text_of) -> pl.DataFrame:
+    """The frame with annif_ebm.lexical's features, the texts chunked as the backend does."""
+    from annif_ebm.chunking import chunk_texts
+    from annif_ebm.lexical import lexical_features
+
+    docs = frame["doc"].unique().sort().to_list()
+    parts = []
+    for first in range(0, len(docs), 1000):
+        batch = docs[first:first + 1000]
+        chunked = chunk_texts(chunker, [text_of(doc) for doc in batch])
+        rows = frame.filter(pl.col("doc").is_in(batch)).with_columns(
+            doc=pl.col("doc").replace_strict(batch, list(range(len(batch))),
+                                             return_dtype=pl.UInt32),
+            original=pl.col("doc"))
+        parts.append(lexical_features(rows, lexicon, chunked.chunks, chunked.doc,
+                                      chunked.n_chunks).with_columns(doc=pl.col("original"))
+                     .drop("original"))
+    return pl.concat(parts).sort("doc", "concept_id")
+
+
 def main() -> None:
     import duckdb
+
+    from annif_ebm.chunking import Chunker
+    from annif_ebm.lexical import LEXICAL_FEATURES, Lexicon
+    from annif_ebm.params import EbmParams
 
     from annif_ebm.features import FEATURE_NAMES
     from annif_ebm.model_files import TRAIN_FILE
@@ -67,8 +91,11 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, required=True)
     parser.add_argument("--project", default="ebm")
     parser.add_argument("--tag", default="")
+    parser.add_argument("--language", default="en")
     args = parser.parse_args()
     workdir = args.workdir.resolve()
+    language = args.language
+    params = EbmParams.parse({})
     os.environ.update(ANNIF_PROJECTS=str(workdir / "projects.cfg"),
                       ANNIF_DATADIR=str(workdir / "data"),
                       NLTK_DATA=str(workdir / "nltk_data"), HF_HUB_OFFLINE="1")
@@ -85,7 +112,10 @@ def main() -> None:
     project_dir = workdir / "data" / "projects" / args.project
     store = next(project_dir.glob("ebm-labels-*.duckdb"))
     with duckdb.connect(str(store), read_only=True) as con:
-        labels = con.execute("SELECT concept_id, label FROM labels").fetchall()
+        rows = con.execute(
+            "SELECT concept_id, label, is_pref FROM labels ORDER BY label_id").fetchall()
+    labels = [(concept, label) for concept, label, _ in rows]
+    is_pref = [pref for _, _, pref in rows]
     with duckdb.connect(str(project_dir / TRAIN_FILE), read_only=True) as con:
         openings = dict(con.execute("SELECT doc, text FROM openings").fetchall())
     labels_of: dict[int, set[str]] = {}
@@ -103,9 +133,15 @@ def main() -> None:
 
     train = train.with_columns(lexical=pl.Series(lexical_match(train, training_text, labels_of)))
     found = found.with_columns(lexical=pl.Series(lexical_match(found, texts.__getitem__, labels_of)))
+    lexicon = Lexicon([label for _, label in labels], np.array([c for c, _ in labels]),
+                      np.array(is_pref), language)
+    chunker = Chunker(language, params.texts.max_chunk_length, params.texts.max_chunks)
+    train = with_family(train, lexicon, chunker, training_text)
+    found = with_family(found, lexicon, chunker, texts.__getitem__)
     rows = []
-    for name, features in (("without", list(FEATURE_NAMES)),
-                           ("with lexical", [*FEATURE_NAMES, "lexical"])):
+    base = [name for name in FEATURE_NAMES if name not in LEXICAL_FEATURES]
+    for name, features in (("without", base), ("with lexical", [*base, "lexical"]),
+                           ("with the lexical family", [*base, *LEXICAL_FEATURES])):
         booster = ranker_variants.fit(train, DEFAULT_RANKER, os.cpu_count(), features)
         scores = booster.inplace_predict(found.select(features).to_numpy().astype(np.float32))
         ranked = ranker_variants.ranked_uris(found, scores, len(gold))

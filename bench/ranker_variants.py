@@ -42,12 +42,12 @@ from common import BENCH, DATA_ROOT, DATASETS, write_report
 def training_candidates(datadir: Path, project: str) -> pl.DataFrame:
     import duckdb
 
-    from annif_ebm.features import FEATURE_NAMES
     from annif_ebm.model_files import TRAIN_FILE
+    from annif_ebm.training_data import stored_features
 
     path = datadir / "projects" / project / TRAIN_FILE
     with duckdb.connect(str(path), read_only=True) as con:
-        return con.execute(f"SELECT doc, concept_id, {', '.join(FEATURE_NAMES)}, gold "
+        return con.execute(f"SELECT doc, concept_id, {', '.join(stored_features(con))}, gold "
                            "FROM candidates "
                            "ORDER BY doc, concept_id").pl()
 
@@ -71,7 +71,8 @@ def validate_candidates(project_id: str, texts: list[str], cache: Path) -> pl.Da
         timer = StageTimer()
         matcher = Matcher(model.store, model.search(p.retrieval, encoder.search_device),
                           p.retrieval.candidates_per_chunk, p.features,
-                          model.training_documents(p.features), timer)
+                          model.training_documents(p.features), timer,
+                          model.lexicon(p.features, project.language))
         chunker = backend._chunker_for(p)
         for first in range(0, len(texts), 32):
             found = suggest.candidates(texts[first:first + 32], chunker, encoder, matcher, timer)

@@ -105,7 +105,7 @@ class Side:
                  statistics.median(e / p for e, p in zip(self.end_to_end, self.encode))),
                 ("suggest docs/s", n_docs / total)]
         return rows + [(f"stage {k} s", statistics.median(s.get(k, 0.0) for s in self.stages))
-                       for k in ("chunk", "embed", "search", "knn", "features", "rank")]
+                       for k in ("chunk", "embed", "search", "knn", "lexical", "features", "rank")]
 
 
 def main() -> None:

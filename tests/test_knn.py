@@ -12,6 +12,7 @@ from annif_ebm.features import (FEATURE_FAMILIES, disabled_families, finish_feat
 from annif_ebm.knn import TrainingDocuments, pool_documents
 from annif_ebm.labels import BROADER, NARROWER, RELATED, LabelSet, vocabulary_relations
 from annif_ebm.chunking import Chunker, chunk_texts
+from annif_ebm.lexical import Lexicon
 from annif_ebm.matcher import Matcher
 from annif_ebm.params import EbmParams
 from annif_ebm.search import label_search
@@ -146,7 +147,8 @@ def knn_store(tmp_path, embedder):
 def matcher_of(store, params, timer=None):
     """A matcher with the store's training documents, as suggest builds it."""
     return Matcher(store, label_search(store, "exact"), params.retrieval.candidates_per_chunk,
-                   params.features, store.training_documents(), timer or StageTimer())
+                   params.features, store.training_documents(), timer or StageTimer(),
+                   Lexicon.of_store(store, "en"))
 
 
 def candidates_of(texts, store, params, embedder, timer=None):
@@ -175,7 +177,7 @@ def test_knn_candidates_join_label_candidates_in_one_row_per_concept(knn_store, 
                           train_texts[:1])
     own = matcher_of(store, params).match(
         chunked.doc, chunked.position, chunked.n_chunks,
-        embedder.encode_queries(chunked.chunks), own_docs=np.array([0]))
+        embedder.encode_queries(chunked.chunks), chunked.chunks, own_docs=np.array([0]))
     own_rows = {r["concept_id"]: r for r in own.iter_rows(named=True)}
     assert 103 not in own_rows  # only its own subjects would have brought it
     assert own_rows[101]["knn_count"] == 1  # from the other document
@@ -184,7 +186,8 @@ def test_knn_candidates_join_label_candidates_in_one_row_per_concept(knn_store, 
 
 @pytest.mark.parametrize("switch, family", [
     ({"knn_neighbors": "0"}, "knn"), ({"use_prior": "false"}, "prior"),
-    ({"use_label_features": "false"}, "label"), ({"use_hierarchy": "false"}, "hierarchy")])
+    ({"use_label_features": "false"}, "label"), ({"use_hierarchy": "false"}, "hierarchy"),
+    ({"use_lexical": "false"}, "lexical")])
 def test_each_feature_family_can_be_switched_off(knn_store, embedder, switch, family):
     store, _ = knn_store
     params = EbmParams.parse({"knn_neighbors": "1", "candidates_per_chunk": "2", **switch})

@@ -88,14 +88,16 @@ class EbmBackend(AnnifLearningBackend):
             return self._model
 
     def initialize(self, parallel: bool = False) -> None:
-        """Load the model files, with the label vectors and the training
-        documents, which forked ``--jobs`` workers then share. The embedding
-        model loads on first use, with that call's device."""
+        """Load the model files, with the label vectors, the training
+        documents and the labels as words, which forked ``--jobs`` workers
+        then share. The embedding model loads on first use, with that call's
+        device."""
         model = self._load_model()
-        params = self._parse(self.params)
+        params = self._parse(self.params).with_stored_model(model.metadata.model, check=False)
         if params.retrieval.search == "exact":
             model.store.label_vectors()
         model.store.training_documents()
+        model.lexicon(params.features, self.project.language)
 
     # ---- training ----
 

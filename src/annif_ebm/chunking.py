@@ -88,6 +88,7 @@ class Chunker:
     characters; a longer sentence is wrapped at spaces (or cut)."""
 
     def __init__(self, language: str, max_chunk_length: int, max_chunks: int) -> None:
+        self.language = language
         self.tokenizer = sentence_tokenizer(language)
         self.max_chunk_length = max_chunk_length
         self.max_chunks = max_chunks

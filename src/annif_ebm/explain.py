@@ -39,6 +39,7 @@ FAMILIES = {
     "knn": "similar training documents",
     "prior": "how often it is used",
     "hierarchy": "related candidates",
+    "lexical": "its labels written in the text",
     "unseen": "no training document has it (unseen_boost)",
 }
 UNSEEN_BOOST = "unseen_boost"  # the boost's entry among the feature contributions
@@ -147,7 +148,7 @@ def explain_texts(texts: list[str], pipeline: Pipeline, limit: int, subjects,
     vectors = pipeline.encoder.encode_queries(chunked.chunks)
     matcher = pipeline.matcher(timer)
     found, hits = matcher.match_with_hits(chunked.doc, chunked.position, chunked.n_chunks,
-                                          vectors)
+                                          vectors, chunked.chunks)
     _, batch = pipeline.rank(found, len(texts))
     chosen = _chosen(batch.filter(limit), found)
     ranker = pipeline.model.ranker

@@ -18,6 +18,7 @@ FAMILY_COLOURS = {  # colour-blind safe (Okabe-Ito)
     "knn": "#e69f00",
     "prior": "#cc79a7",
     "hierarchy": "#009e73",
+    "lexical": "#f0e442",
     "unseen": "#d55e00",
 }
 _SCORE_NOTE = {

@@ -12,6 +12,7 @@ import numpy as np
 import polars as pl
 
 from .labels import BROADER, NARROWER, RELATED
+from .lexical import LEXICAL_FEATURES
 from .params import FeatureSettings
 
 FEATURE_NAMES = (
@@ -50,6 +51,8 @@ FEATURE_NAMES = (
     # document family: the whole document (its mean chunk vector) as one more query
     "doc_query_score",  # similarity of the concept's best label to the document vector
     "doc_query_rank",  # rank of that label among the document vector's nearest labels
+    # lexical family: the concept's labels found word for word in the chunks (see lexical.py)
+    *LEXICAL_FEATURES,
 )
 
 # Features that a switch in the parameters turns off (they are then missing,
@@ -60,6 +63,7 @@ FEATURE_FAMILIES = {
     "prior": ("prior",),
     "hierarchy": ("broader_best", "narrower_best", "related_best", "related_candidates"),
     "document": ("doc_query_score", "doc_query_rank"),
+    "lexical": LEXICAL_FEATURES,
 }
 
 
@@ -71,6 +75,7 @@ def disabled_families(settings: FeatureSettings) -> tuple[str, ...]:
         "prior": settings.use_prior,
         "hierarchy": settings.use_hierarchy,
         "document": settings.use_document_query,
+        "lexical": settings.use_lexical,
     }
     return tuple(family for family in FEATURE_FAMILIES if not switches[family])
 

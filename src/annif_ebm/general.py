@@ -46,6 +46,7 @@ class GeneralRanker:
     name: str  # "general" or "scale-free"
     path: str
     reason: str  # for the log
+    features: tuple[str, ...]  # the features it was trained on
 
     @property
     def describe(self) -> str:
@@ -78,4 +79,5 @@ def general_ranker(model_settings: dict[str, Any]) -> GeneralRanker:
         reason = ("the general ranker belongs to another embedding model "
                   f"({', '.join(f'{k}={v}' for k, v in differs.items())} differ): "
                   "ranking by the calibrated label-match score")
-    return GeneralRanker(name, os.path.join(GENERAL_DIR, rankers[name]["file"]), reason)
+    return GeneralRanker(name, os.path.join(GENERAL_DIR, rankers[name]["file"]), reason,
+                         tuple(rankers[name]["features"]))

@@ -15,6 +15,7 @@ import polars as pl
 from .features import (candidate_features, disabled_families, document_query_features,
                        finish_features, hierarchy_features, hits_frame, merge_candidates)
 from .knn import TrainingDocuments, pool_documents
+from .lexical import Lexicon, lexical_features
 from .params import FeatureSettings
 from .search import LabelSearch
 from .store import LabelStore
@@ -24,9 +25,11 @@ from .timing import StageTimer
 class Matcher:
     def __init__(self, store: LabelStore, search: LabelSearch, per_chunk: int,
                  features: FeatureSettings, training: TrainingDocuments | None,
-                 timer: StageTimer) -> None:
+                 timer: StageTimer, lexicon: Lexicon | None = None) -> None:
         """``per_chunk``: labels searched per chunk; ``training``: the stored
-        training documents, or None (then no kNN and prior features)."""
+        training documents, or None (then no kNN and prior features);
+        ``lexicon``: the store's labels as words, or None (then no lexical
+        features)."""
         self.store = store
         self.search = search
         self.per_chunk = per_chunk
@@ -34,18 +37,21 @@ class Matcher:
         self.disabled = disabled_families(features)
         self.training = training
         self.timer = timer
+        self.lexicon = lexicon if "lexical" not in self.disabled else None
 
     def match(self, doc: np.ndarray, position: np.ndarray, n_chunks: np.ndarray,
-              vectors: np.ndarray, own_docs: np.ndarray | None = None) -> pl.DataFrame:
-        """Candidates with all features for embedded chunks (chunk ``i`` is
-        chunk ``position[i]`` of document ``doc[i]``, see
-        :class:`~annif_ebm.chunking.ChunkedTexts`). ``own_docs``: while making
-        the ranker's training data, each document's index among the training
-        documents, left out of its own kNN neighbours and prior."""
-        return self.match_with_hits(doc, position, n_chunks, vectors, own_docs)[0]
+              vectors: np.ndarray, chunks: list[str], own_docs: np.ndarray | None = None
+              ) -> pl.DataFrame:
+        """Candidates with all features for embedded chunks (chunk ``i``, with
+        the text ``chunks[i]``, is chunk ``position[i]`` of document
+        ``doc[i]``, see :class:`~annif_ebm.chunking.ChunkedTexts`). ``own_docs``:
+        while making the ranker's training data, each document's index among
+        the training documents, left out of its own kNN neighbours and prior."""
+        return self.match_with_hits(doc, position, n_chunks, vectors, chunks, own_docs)[0]
 
     def match_with_hits(self, doc: np.ndarray, position: np.ndarray, n_chunks: np.ndarray,
-                        vectors: np.ndarray, own_docs: np.ndarray | None = None
+                        vectors: np.ndarray, chunks: list[str],
+                        own_docs: np.ndarray | None = None
                         ) -> tuple[pl.DataFrame, pl.DataFrame]:
         """:meth:`match`'s candidates and the label hits they came from (one
         row per chunk and retrieved label, :data:`~annif_ebm.features.HITS_SCHEMA`)."""
@@ -74,6 +80,9 @@ class Matcher:
             with self.timer.stage("knn"):
                 knn = training.candidates(pooled, p.knn_neighbors, p.knn_candidates, own_docs)
                 candidates = merge_candidates(candidates, knn, n_chunks)
+        if self.lexicon is not None:
+            with self.timer.stage("lexical"):
+                candidates = lexical_features(candidates, self.lexicon, chunks, doc, n_chunks)
         with self.timer.stage("features"):
             if training is not None and "prior" not in disabled:
                 own = None if own_docs is None else own_docs[candidates["doc"].to_numpy()]

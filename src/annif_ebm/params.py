@@ -391,6 +391,11 @@ class FeatureSettings:
         "features: similarity of each candidate's labels to the whole document "
         "(the mean of its chunk vectors searched as one more query)",
     )
+    use_lexical: bool = _param(
+        True, Kind.MODEL, _bool,
+        "features: where a label of each candidate occurs word for word in the text "
+        "(words stemmed with nltk's Snowball stemmer for the project's language)",
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -641,7 +646,7 @@ class EbmParams:
 # model-defining settings added after models were first stored, with the value
 # that a model stored before them has
 SETTINGS_OF_OLDER_MODELS = {"finetune": False, "encode_backend": "torch",
-                            "encode_quantization": "none"}
+                            "encode_quantization": "none", "use_lexical": False}
 
 # model-defining settings that define the ranker's features, not the vectors
 FEATURE_SETTINGS = frozenset(f.name for f in dataclasses.fields(FeatureSettings)

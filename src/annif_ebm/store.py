@@ -298,6 +298,12 @@ class LabelStore:
                     vectors, np.asarray(pairs["doc"]), np.asarray(pairs["concept_id"]))
             return self._training_documents
 
+    def all_label_texts(self) -> list[str]:
+        """Every label's text, in label order."""
+        with self._connect() as con:
+            return [row[0] for row in con.execute(
+                "SELECT label FROM store.labels ORDER BY label_id").fetchall()]
+
     def label_texts(self, label_ids) -> dict[int, str]:
         """The text of each of these labels."""
         return self._texts("SELECT label_id, label FROM store.labels", "label_id", label_ids)

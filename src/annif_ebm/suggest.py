@@ -16,8 +16,9 @@ from scipy.sparse import csr_array
 from . import model_files
 from .chunking import Chunker, chunk_texts
 from .embedding import Encoder
-from .features import feature_matrix, uses_training_documents
+from .features import disabled_families, feature_matrix, uses_training_documents
 from .knn import TrainingDocuments
+from .lexical import Lexicon
 from .matcher import Matcher
 from .params import EbmParams, FeatureSettings, SearchSettings
 from .ranker import Ranker
@@ -36,6 +37,7 @@ class LoadedModel:
     ranker_path: str
     _ranker: tuple[int, Ranker] | None = None
     _searches: dict = dataclasses.field(default_factory=dict)
+    _lexicons: dict = dataclasses.field(default_factory=dict)
     _lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
 
     @property
@@ -57,6 +59,15 @@ class LoadedModel:
                     self.store, settings.search, device, settings.search_precision,
                     settings.ef_search)
             return self._searches[key]
+
+    def lexicon(self, features: FeatureSettings, language: str) -> Lexicon | None:
+        """The labels as words in ``language`` (built once), if the features use them."""
+        if "lexical" in disabled_families(features):
+            return None
+        with self._lock:
+            if language not in self._lexicons:
+                self._lexicons[language] = Lexicon.of_store(self.store, language)
+            return self._lexicons[language]
 
     def training_documents(self, features: FeatureSettings) -> TrainingDocuments | None:
         """The stored training documents, if the features use them."""
@@ -99,7 +110,8 @@ def candidates(texts: list[str], chunker: Chunker, encoder: Encoder, matcher: Ma
         chunked = chunk_texts(chunker, texts)
     with timer.stage("embed"):
         vectors = encoder.encode_queries(chunked.chunks)
-    return matcher.match(chunked.doc, chunked.position, chunked.n_chunks, vectors)
+    return matcher.match(chunked.doc, chunked.position, chunked.n_chunks, vectors,
+                         chunked.chunks)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,7 +130,8 @@ class Pipeline:
         check_dimension(encoder, model.store, bool(p.api.api_url))
         return Matcher(model.store, model.search(p.retrieval, encoder.search_device),
                        p.retrieval.candidates_per_chunk, p.features,
-                       model.training_documents(p.features), timer)
+                       model.training_documents(p.features), timer,
+                       model.lexicon(p.features, self.chunker.language))
 
     def rank(self, found: pl.DataFrame, n_texts: int) -> tuple[np.ndarray, SuggestionBatch]:
         """The ranker's score of every candidate and the best ``limit`` per text."""

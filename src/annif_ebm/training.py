@@ -37,6 +37,7 @@ from .features import FEATURE_NAMES, disabled_families, uses_training_documents
 from .general import GeneralRanker, general_ranker
 from .knn import VECTOR_DTYPE, TrainingDocuments, pool_documents
 from .labels import LabelSet, vocabulary_labels, vocabulary_relations
+from .lexical import LEXICAL_FEATURES, Lexicon
 from .matcher import Matcher
 from .memory import release_memory, return_free_heap
 from .onnx_export import check_encode_backend, export_model, resolve_encode_backend
@@ -121,6 +122,8 @@ def train(target: Target, corpus: DocumentCorpus, p: EbmParams) -> None:
     p = p.replace(**resolve_encode_backend(p.embedding, p.api,
                                            resolve_device(p.embedding.device)[0]))
     shipped = _shipped_ranker(target, sample, p)
+    if shipped is not None and not set(LEXICAL_FEATURES) & set(shipped.features):
+        p = p.replace(use_lexical=False)  # of no use to it: not computed when suggesting
     files = model_files.RunFiles.new(p.embedding.static_embedding, p.finetune.finetune,
                                      p.embedding.encode_backend == "onnx")
     timer = StageTimer()
@@ -149,7 +152,7 @@ def train(target: Target, corpus: DocumentCorpus, p: EbmParams) -> None:
             run.abort()  # no candidates: nothing for train --cached
             _commit_shipped(target, shipped, metadata)
             return
-        _match(target, run, chunk_vectors, sample, p, files, search_device, timer)
+        _match(target, run, chunk_vectors, sample, labels, p, files, search_device, timer)
         # the candidates' model, without a ranker yet (for train --cached)
         train_path = run.finish(dataclasses.asdict(metadata.replace(ranker_file="")))
         try:
@@ -376,21 +379,26 @@ def _embed(target: Target, labels: LabelSet, run: TrainingRun, p: EbmParams,
 
 
 def _match(target: Target, run: TrainingRun, chunk_vectors: ChunkVectors, sample: Sample,
-           p: EbmParams, files: model_files.RunFiles, search_device: str,
+           labels: LabelSet, p: EbmParams, files: model_files.RunFiles, search_device: str,
            timer: StageTimer) -> None:
     """Store the training documents for kNN and priors, then the sample's
     candidates (the sample's documents come first in the run)."""
+    language = target.project.language
     store_path = os.path.join(target.datadir, files.store_file)
     training = _store_training_documents(target, run, chunk_vectors, p, files)
     store = LabelStore(store_path, p.general.duckdb_threads)
     r = p.retrieval
     search = label_search(store, r.search, search_device, r.search_precision, r.ef_search)
-    matcher = Matcher(store, search, r.candidates_per_chunk, p.features, training, timer)
+    lexicon = (Lexicon(labels.texts, labels.concept_ids, labels.is_pref, language)
+               if "lexical" not in disabled_families(p.features) else None)
+    matcher = Matcher(store, search, r.candidates_per_chunk, p.features, training, timer,
+                      lexicon)
     with progress_bar(sample.n_selected, "train candidates", "doc") as bar:
         for first, doc, position, n_chunks, vectors in chunk_vectors.batches(
                 TRAIN_BATCH_DOCS, sample.n_selected):
             own_docs = np.arange(first, first + len(n_chunks))
-            candidates = matcher.match(doc, position, n_chunks, vectors, own_docs)
+            chunks = chunk_vectors.texts(first, first + len(n_chunks))
+            candidates = matcher.match(doc, position, n_chunks, vectors, chunks, own_docs)
             run.add_candidates(first, first + len(n_chunks), candidates)
             del candidates, vectors
             return_free_heap()

@@ -74,6 +74,13 @@ class ChunkVectors:
             n_chunks = np.bincount(doc, minlength=last - first)
             yield first, doc, position, n_chunks, vectors
 
+    def texts(self, first: int, last: int) -> list[str]:
+        """The texts of the chunks of documents ``first`` to ``last``, in the
+        order of :meth:`batches`."""
+        return [row[0] for row in self._con.execute(
+            "SELECT text FROM chunks WHERE doc >= ? AND doc < ? ORDER BY doc, pos",
+            [first, last]).fetchall()]
+
 
 class TrainingRun:
     """The on-disk state of one training run, in two phases: documents are
@@ -141,9 +148,8 @@ class TrainingRun:
         # run under a 32 MB pool out of memory in the join above)
         self._con.execute(f"CREATE TABLE openings AS SELECT doc, left(text, {OPENING_CHARS}) "
                           "AS text FROM chunks WHERE pos = 0")
-        # the rest reads chunk_vectors and gold by ranges: the texts and the
-        # cache are done with
-        self._con.execute("DROP TABLE chunks")
+        # the rest reads chunk_vectors, the chunks' texts (lexical features)
+        # and gold by ranges: the cache is done with
         self.cache.close()
         self._con.execute("CHECKPOINT")
         return ChunkVectors(self._con, dimension, self.n_docs, embedded)
@@ -252,6 +258,16 @@ def stored_metadata(path: str) -> dict | None:
     return json.loads(row[0]) if row else None
 
 
+def stored_features(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """SQL for each of :data:`FEATURE_NAMES` from the candidates table: the
+    column, or NULL for a feature added after the file was written (``train
+    --cached`` on an older run's candidates; its model's settings leave that
+    feature off)."""
+    stored = {row[0] for row in con.execute(
+        "SELECT column_name FROM duckdb_columns() WHERE table_name = 'candidates'").fetchall()}
+    return [name if name in stored else f"NULL::FLOAT AS {name}" for name in FEATURE_NAMES]
+
+
 def _document_ranges(con: duckdb.DuckDBPyConnection, max_rows: int) -> list[tuple[int, int]]:
     """[first, last) document ranges of at most ``max_rows`` candidates each
     (a document with more gets a range of its own)."""
@@ -289,9 +305,10 @@ def candidate_batches(path: str, workdir: str,
     try:
         with duckdb_pool.spill_directory(workdir) as spill_dir, \
                 duckdb_pool.connect(path, spill_dir, read_only=True) as con:
+            features = ", ".join(stored_features(con))
             for first, last in _document_ranges(con, ranker_batch_rows()):
                 columns = con.execute(
-                    f"SELECT doc, {', '.join(FEATURE_NAMES)}, gold FROM candidates "
+                    f"SELECT doc, {features}, gold FROM candidates "
                     "WHERE doc >= ? AND doc < ? ORDER BY doc, concept_id", [first, last],
                 ).fetchnumpy()
                 gold = np.asarray(columns["gold"], dtype=bool)
