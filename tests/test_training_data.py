@@ -73,6 +73,9 @@ def test_chunks_embedded_once_and_read_back_by_document(tmp_path, embedder):
     expected = embedder.encode_queries(["Wages and jobs.", "Neural networks learn."])
     np.testing.assert_allclose(vectors, expected, atol=1e-6)
     np.testing.assert_allclose(batches[1][4], expected[:1], atol=1e-6)
+    # the chunks' texts, for the lexical features, in the same order
+    assert chunk_vectors.texts(0, 2) == ["Wages and jobs.", "Neural networks learn."]
+    assert chunk_vectors.texts(2, 3) == ["Wages and jobs."]
     run.abort()
 
 

@@ -305,10 +305,10 @@ def candidate_batches(path: str, workdir: str,
     try:
         with duckdb_pool.spill_directory(workdir) as spill_dir, \
                 duckdb_pool.connect(path, spill_dir, read_only=True) as con:
-            features = ", ".join(stored_features(con))
+            stored = ", ".join(stored_features(con))
             for first, last in _document_ranges(con, ranker_batch_rows()):
                 columns = con.execute(
-                    f"SELECT doc, {features}, gold FROM candidates "
+                    f"SELECT doc, {stored}, gold FROM candidates "
                     "WHERE doc >= ? AND doc < ? ORDER BY doc, concept_id", [first, last],
                 ).fetchnumpy()
                 gold = np.asarray(columns["gold"], dtype=bool)
