@@ -1,13 +1,16 @@
-"""Would a lexical-match feature help the ranker? (issue 19, measured, not built)
+"""How much do lexical matches help the ranker? (issue 19)
 
 On one trained ebm project: the ranker refitted on its stored training
-candidates (``ebm-train.duckdb``) with and without one more feature, 1 where a
-label of the candidate occurs in the document's text (lowercased, whole words,
-a final "s" of a word longer than 3 ignored), and both scored on the validate
-candidates (collected and cached as bench/ranker_variants.py does). The ranker
-is the default's (pairwise, unseen gold subjects at relevance 2), without the
-unseen boost. Training texts are the corpus lines whose first characters are
-the stored openings.
+candidates (``ebm-train.duckdb``) without the lexical family, with one binary
+feature instead (1 where a label of the candidate occurs in the document's
+text: lowercased, whole words, a final "s" of a word longer than 3 ignored;
+the experiment that preceded the family), and with the family the backend
+computes (annif_ebm.lexical, from the texts chunked as the backend chunks
+them); each scored on the validate candidates (collected and cached as
+bench/ranker_variants.py does). The ranker is the default's (pairwise, unseen
+gold subjects at relevance 2), without the unseen boost. Training texts are
+the corpus lines whose first characters are the stored openings. For a
+project trained before the family (its candidates lack it) or with it.
 
   python bench/lexical_feature.py yso-finna-en --workdir bench/work/yso-s18 --project ebm-finetune-10k
 

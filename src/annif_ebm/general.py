@@ -27,6 +27,8 @@ from typing import Any
 
 from annif.exception import OperationFailedException
 
+from .lexical import LEXICAL_FEATURES
+
 GENERAL_DIR = os.path.join(os.path.dirname(__file__), "general")
 PROVENANCE_FILE = "provenance.json"
 
@@ -35,7 +37,7 @@ SCALE_FREE_FEATURES = (
     "n_chunks", "hit_ratio", "scaled_score", "best_rank", "mean_rank", "first_pos",
     "last_pos", "spread", "pref_ratio", "n_labels", "doc_rank", "label_tokens",
     "concept_labels", "knn_count", "knn_rank", "knn_share", "prior",
-    "related_candidates", "doc_query_rank",
+    "related_candidates", "doc_query_rank", *LEXICAL_FEATURES,
 )
 
 
