@@ -41,7 +41,12 @@ def annif_projects(*project_ids: str):
 
     os.environ.setdefault("ANNIF_PROJECTS_INIT",
                           "^(" + "|".join(re.escape(p) for p in project_ids) + ")$")
-    with annif.create_flask_app().app_context():
+    app = annif.create_flask_app()
+    # Annif's Config reads these when annif is first imported: a later change
+    # of the environment (the next dataset's workdir) must reach the app
+    for key, variable in (("PROJECTS_CONFIG_PATH", "ANNIF_PROJECTS"), ("DATADIR", "ANNIF_DATADIR")):
+        app.config[key] = os.environ.get(variable, app.config[key])
+    with app.app_context():
         yield [annif.registry.get_project(p) for p in project_ids]
 
 

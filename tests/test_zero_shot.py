@@ -10,7 +10,6 @@ import pytest
 
 from annif_ebm import general
 from annif_ebm.features import FEATURE_NAMES
-from annif_ebm.lexical import LEXICAL_FEATURES
 from annif_ebm.params import EbmParams
 from annif_ebm.ranker import Ranker
 from annif_ebm.store import LabelStore
@@ -46,9 +45,7 @@ def test_the_shipped_rankers_and_their_provenance():
         ranker = Ranker.load(f"{general.GENERAL_DIR}/{entry['file']}")
         assert ranker.booster.feature_names == entry["features"]
         assert ranker.calibration is not None  # probabilities, as a project's own ranker
-    # trained before the lexical family: models ranked by them leave it off
-    assert provenance["rankers"]["general"]["features"] == [
-        name for name in FEATURE_NAMES if name not in LEXICAL_FEATURES]
+    assert provenance["rankers"]["general"]["features"] == list(FEATURE_NAMES)
     assert provenance["rankers"]["scale-free"]["features"] == list(general.SCALE_FREE_FEATURES)
     # nothing in the scale-free ranker reads a similarity value itself
     assert not {"max_score", "score_sum", "knn_best", "doc_query_score"} & set(
@@ -79,7 +76,7 @@ def test_train_without_a_corpus_then_learn(sample_corpus, tmp_path):
     assert "ranking with the shipped general ranker" in result.stderr
     stored = metadata(env)
     assert stored["ranker_source"] == "general" and stored["n_train_docs"] == 0
-    assert stored["model"]["use_lexical"] is False  # the general ranker has no such features
+    assert stored["model"]["use_lexical"] is True  # the general rankers have the family
     project = env.project_dir("ebm-en")
     assert not LabelStore(str(project / stored["store_file"])).has_training_documents
     assert not (project / "ebm-train.duckdb").exists()

@@ -48,7 +48,6 @@ class GeneralRanker:
     name: str  # "general" or "scale-free"
     path: str
     reason: str  # for the log
-    features: tuple[str, ...]  # the features it was trained on
 
     @property
     def describe(self) -> str:
@@ -81,5 +80,4 @@ def general_ranker(model_settings: dict[str, Any]) -> GeneralRanker:
         reason = ("the general ranker belongs to another embedding model "
                   f"({', '.join(f'{k}={v}' for k, v in differs.items())} differ): "
                   "ranking by the calibrated label-match score")
-    return GeneralRanker(name, os.path.join(GENERAL_DIR, rankers[name]["file"]), reason,
-                         tuple(rankers[name]["features"]))
+    return GeneralRanker(name, os.path.join(GENERAL_DIR, rankers[name]["file"]), reason)

@@ -37,7 +37,7 @@ from .features import FEATURE_NAMES, disabled_families, uses_training_documents
 from .general import GeneralRanker, general_ranker
 from .knn import VECTOR_DTYPE, TrainingDocuments, pool_documents
 from .labels import LabelSet, vocabulary_labels, vocabulary_relations
-from .lexical import LEXICAL_FEATURES, Lexicon
+from .lexical import Lexicon
 from .matcher import Matcher
 from .memory import release_memory, return_free_heap
 from .onnx_export import check_encode_backend, export_model, resolve_encode_backend
@@ -122,8 +122,6 @@ def train(target: Target, corpus: DocumentCorpus, p: EbmParams) -> None:
     p = p.replace(**resolve_encode_backend(p.embedding, p.api,
                                            resolve_device(p.embedding.device)[0]))
     shipped = _shipped_ranker(target, sample, p)
-    if shipped is not None and not set(LEXICAL_FEATURES) & set(shipped.features):
-        p = p.replace(use_lexical=False)  # of no use to it: not computed when suggesting
     files = model_files.RunFiles.new(p.embedding.static_embedding, p.finetune.finetune,
                                      p.embedding.encode_backend == "onnx")
     timer = StageTimer()
