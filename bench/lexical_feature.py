@@ -81,12 +81,11 @@ def main() -> None:
     import duckdb
 
     from annif_ebm.chunking import Chunker
-    from annif_ebm.lexical import LEXICAL_FEATURES, Lexicon
-    from annif_ebm.params import EbmParams
-
     from annif_ebm.features import FEATURE_NAMES
+    from annif_ebm.lexical import LEXICAL_FEATURES, Lexicon
     from annif_ebm.model_files import TRAIN_FILE
-    from annif_ebm.store import OPENING_CHARS
+    from annif_ebm.params import EbmParams
+    from annif_ebm.store import OPENING_CHARS, LabelStore
 
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawTextHelpFormatter)
@@ -113,16 +112,11 @@ def main() -> None:
     train = ranker_variants.training_candidates(workdir / "data", args.project)
 
     project_dir = workdir / "data" / "projects" / args.project
-    store = next(project_dir.glob("ebm-labels-*.duckdb"))
-    with duckdb.connect(str(store), read_only=True) as con:
-        rows = con.execute(
-            "SELECT concept_id, label, is_pref FROM labels ORDER BY label_id").fetchall()
-    labels = [(concept, label) for concept, label, _ in rows]
-    is_pref = [pref for _, _, pref in rows]
+    store = LabelStore(str(next(project_dir.glob("ebm-labels-*.duckdb"))))
     with duckdb.connect(str(project_dir / TRAIN_FILE), read_only=True) as con:
         openings = dict(con.execute("SELECT doc, text FROM openings").fetchall())
     labels_of: dict[int, set[str]] = {}
-    for concept, label in labels:
+    for concept, label in zip(store.concept_ids.tolist(), store.all_label_texts()):
         labels_of.setdefault(concept, set()).add(" ".join(words(label)))
     full: dict[str, str] = {}
     with open(DATA_ROOT / args.dataset / train_name, encoding="utf-8") as file:
@@ -136,8 +130,7 @@ def main() -> None:
 
     train = train.with_columns(lexical=pl.Series(lexical_match(train, training_text, labels_of)))
     found = found.with_columns(lexical=pl.Series(lexical_match(found, texts.__getitem__, labels_of)))
-    lexicon = Lexicon([label for _, label in labels], np.array([c for c, _ in labels]),
-                      np.array(is_pref), language)
+    lexicon = Lexicon.of_store(store, language)
     chunker = Chunker(language, params.texts.max_chunk_length, params.texts.max_chunks)
     train = with_family(train, lexicon, chunker, training_text)
     found = with_family(found, lexicon, chunker, texts.__getitem__)

@@ -7,6 +7,7 @@ import pytest
 
 from annif_ebm.lexical import LEXICAL_FEATURES, MAX_LABEL_WORDS, Lexicon, lexical_features
 from annif_ebm.model_files import TRAIN_FILE
+from annif_ebm.ranker import Ranker
 
 
 def lexicon(labels, language="en"):
@@ -78,10 +79,7 @@ def test_the_trained_ranker_learns_from_the_lexical_features(trained_env):
         rates = dict(con.execute(
             "SELECT lexical_share > 0, avg(gold::INT) FROM candidates GROUP BY 1").fetchall())
     assert rates[True] > 3 * rates[False]
-    ranker = next(project.glob("ebm-ranker-*.ubj"))
-    import xgboost as xgb
-
-    booster = xgb.Booster(model_file=str(ranker))
+    booster = Ranker.load(str(next(project.glob("ebm-ranker-*.ubj")))).booster
     used = booster.get_score(importance_type="weight")
     assert set(LEXICAL_FEATURES) <= set(booster.feature_names)
     assert any(used.get(name, 0) > 0 for name in LEXICAL_FEATURES)

@@ -15,15 +15,18 @@ import numpy as np
 import polars as pl
 from nltk.stem.snowball import SnowballStemmer
 
+from .chunking import PUNKT_LANGUAGES
+
 _WORD = re.compile(r"\w+")
 MAX_LABEL_WORDS = 8  # longer labels are not looked for in the text
 
-# ISO 639-1 -> nltk's Snowball language
+# ISO 639-1 -> nltk's name of the languages its Snowball stemmer has: those
+# of the Punkt models, and three that Punkt lacks
 _SNOWBALL = {
-    "ar": "arabic", "da": "danish", "de": "german", "en": "english", "es": "spanish",
-    "fi": "finnish", "fr": "french", "hu": "hungarian", "it": "italian", "nb": "norwegian",
-    "nl": "dutch", "nn": "norwegian", "no": "norwegian", "pt": "portuguese",
-    "ro": "romanian", "ru": "russian", "sv": "swedish",
+    code: name
+    for code, name in {**PUNKT_LANGUAGES, "ar": "arabic", "hu": "hungarian",
+                       "ro": "romanian"}.items()
+    if name in SnowballStemmer.languages
 }
 
 LEXICAL_FEATURES = (
@@ -45,19 +48,18 @@ class Lexicon:
         # phrase ("w1 w2") -> its labels; first word -> lengths of its phrases
         by_phrase: dict[str, list[int]] = {}
         lengths: dict[str, set[int]] = {}
+        self.label_words = np.zeros(len(labels), dtype=np.float32)
         for label_id, text in enumerate(labels):
             words = self.words(text)
             if not 0 < len(words) <= MAX_LABEL_WORDS:
                 continue
             by_phrase.setdefault(" ".join(words), []).append(label_id)
             lengths.setdefault(words[0], set()).add(len(words))
+            self.label_words[label_id] = len(words)
         self._labels = {phrase: tuple(ids) for phrase, ids in by_phrase.items()}
         self._lengths = {word: tuple(sorted(n)) for word, n in lengths.items()}
         self.concept_ids = np.asarray(concept_ids, dtype=np.int32)
         self.is_pref = np.asarray(is_pref, dtype=bool)
-        self.label_words = np.zeros(len(labels), dtype=np.float32)
-        for phrase, ids in self._labels.items():
-            self.label_words[list(ids)] = phrase.count(" ") + 1
 
     @classmethod
     def of_store(cls, store, language: str) -> Lexicon:
