@@ -44,6 +44,8 @@ PROJECTS = {
     "ebm-static-finetune": "backend=ebm\nstatic_embedding=true\nfinetune=true",
     # a larger corpus tunes on more of its documents (issue 19: yso-finna-en has 100k)
     "ebm-finetune-10k": "backend=ebm\nfinetune_docs=10000",
+    # the ranker on more documents where the corpus has them (yso-finna-en: 100k)
+    "ebm-ranker-20k": "backend=ebm\nmax_train_docs=20000",
     # a static model is cheap to tune: on more documents
     "ebm-static-finetune-20k": "backend=ebm\nstatic_embedding=true\nfinetune=true\n"
                                "finetune_docs=20000",

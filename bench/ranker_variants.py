@@ -18,7 +18,9 @@ ranker's (trained on the label-match candidates with the kNN, prior,
 hierarchy and label features left out, as ebm-labels-only sees them);
 ``blend_max=A``: the larger of this ranker's score and A x the label-only one;
 ``drop=F1+F2``: the feature families F1, F2 (features.FEATURE_FAMILIES) left
-out of training and validate, as if switched off; ``unseen_boost=B``: the
+out of training and validate, as if switched off; ``docs=N``: the ranker fitted on the candidates of N
+of the training documents, drawn at random (seeded: a learning curve);
+``unseen_boost=B``: the
 project's ``unseen_boost`` (B x the stored training documents' unseen share
 added to the log-odds of each candidate that no training document has, on this
 variant's own Platt curve; pairwise variants).
@@ -109,7 +111,7 @@ def parse_variant(text: str) -> dict:
     objective, *settings = text.split(",")
     variant = {"name": text, "objective": objective, "unseen_weight": 1.0, "unseen_label": 1.0,
                "rounds": 300, "depth": 6, "eta": 0.05, "blend": 0.0, "blend_max": 0.0, "drop": "",
-               "unseen_boost": 0.0}
+               "unseen_boost": 0.0, "docs": 0}
     for setting in settings:
         key, value = setting.split("=")
         variant[key] = type(variant[key])(value)
@@ -141,6 +143,14 @@ def fit(train: pl.DataFrame, variant: dict, threads: int, names: list[str] | Non
               "max_depth": variant["depth"], "subsample": 0.8, "tree_method": "hist",
               "nthread": threads, "seed": 42}
     return xgb.train(params, data, num_boost_round=variant["rounds"])
+
+
+def some_documents(train: pl.DataFrame, n_docs: int) -> pl.DataFrame:
+    """The rows of ``n_docs`` training documents drawn at random (all if 0)."""
+    docs = train["doc"].unique().sort()
+    if not n_docs or n_docs >= len(docs):
+        return train
+    return train.filter(pl.col("doc").is_in(docs.sample(n_docs, seed=42).implode()))
 
 
 def without(frame: pl.DataFrame, families: str) -> pl.DataFrame:
@@ -212,7 +222,8 @@ def main() -> None:
     rows, label_scores, share = [], None, None
     for text in args.variants:
         variant = parse_variant(text)
-        booster = fit(without(train, variant["drop"]), variant, args.threads)
+        booster = fit(without(some_documents(train, variant["docs"]), variant["drop"]),
+                      variant, args.threads)
         scores = booster.inplace_predict(
             without(found, variant["drop"]).select(FEATURE_NAMES).to_numpy().astype(np.float32)
             if variant["drop"] else validate_features)

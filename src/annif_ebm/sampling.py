@@ -1,7 +1,7 @@
 """Which training documents the ranker learns from (``max_train_docs``).
 
-The ranker saturates after a few thousand documents, so training embeds only a
-sample. A first pass over the corpus reads just the subject sets (a few
+The ranker learns most of what it can from a few thousand documents (the
+default sample is 20,000), so training scores only a sample. A first pass over the corpus reads just the subject sets (a few
 integers per document). Half of the sample covers as many distinct gold
 subjects as possible: rarest subjects first, each uncovered one brings in a
 document that has it; the other half (and any slots coverage leaves) is drawn
