@@ -18,12 +18,12 @@ ranker's (trained on the label-match candidates with the kNN, prior,
 hierarchy and label features left out, as ebm-labels-only sees them);
 ``blend_max=A``: the larger of this ranker's score and A x the label-only one;
 ``drop=F1+F2``: the feature families F1, F2 (features.FEATURE_FAMILIES) left
-out of training and validate, as if switched off; ``docs=N``: the ranker fitted on the candidates of N
-of the training documents, drawn at random (seeded: a learning curve);
-``unseen_boost=B``: the
-project's ``unseen_boost`` (B x the stored training documents' unseen share
-added to the log-odds of each candidate that no training document has, on this
-variant's own Platt curve; pairwise variants).
+out of training and validate, as if switched off; ``docs=N``: the ranker
+fitted on the candidates of N of the training documents, drawn at random
+(seeded: a learning curve); ``unseen_boost=B``: the project's ``unseen_boost``
+(B x the stored training documents' unseen share added to the log-odds of each
+candidate that no training document has, on this variant's own Platt curve;
+pairwise variants).
 Writes bench/results/ranker-variants-DATASET-DATE[-TAG].md.
 """
 

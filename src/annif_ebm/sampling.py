@@ -1,13 +1,14 @@
 """Which training documents the ranker learns from (``max_train_docs``).
 
-The ranker learns most of what it can from a few thousand documents (the
-default sample is 20,000), so training scores only a sample. A first pass over the corpus reads just the subject sets (a few
-integers per document). Half of the sample covers as many distinct gold
-subjects as possible: rarest subjects first, each uncovered one brings in a
-document that has it; the other half (and any slots coverage leaves) is drawn
-at random (seeded, so reproducible). The random half keeps the ranker's data
-like real documents: a sample made only of rare-subject documents teaches the
-ranker that frequent subjects (high prior, many kNN votes) are rarely right.
+The ranker learns from the candidates of a sample of the training documents
+(20,000 by default), not of the whole corpus. A first pass over the corpus
+reads just the subject sets (a few integers per document). Half of the sample
+covers as many distinct gold subjects as possible: rarest subjects first, each
+uncovered one brings in a document that has it; the other half (and any slots
+coverage leaves) is drawn at random (seeded, so reproducible). The random half
+keeps the ranker's data like real documents: a sample made only of
+rare-subject documents teaches the ranker that frequent subjects (high prior, many
+kNN votes) are rarely right.
 
 With ``finetune``, documents for tuning the embedding model are drawn first
 (at random) and the ranker's sample comes from the others: the ranker must not
