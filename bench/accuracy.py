@@ -46,6 +46,8 @@ PROJECTS = {
     "ebm-finetune-10k": "backend=ebm\nfinetune_docs=10000",
     # the ranker on more documents where the corpus has them (yso-finna-en: 100k)
     "ebm-ranker-20k": "backend=ebm\nmax_train_docs=20000",
+    "ebm-ranker-40k": "backend=ebm\nmax_train_docs=40000",
+    "ebm-ranker-all": "backend=ebm\nmax_train_docs=0",
     # a static model is cheap to tune: on more documents
     "ebm-static-finetune-20k": "backend=ebm\nstatic_embedding=true\nfinetune=true\n"
                                "finetune_docs=20000",

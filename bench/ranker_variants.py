@@ -20,7 +20,9 @@ hierarchy and label features left out, as ebm-labels-only sees them);
 ``drop=F1+F2``: the feature families F1, F2 (features.FEATURE_FAMILIES) left
 out of training and validate, as if switched off; ``docs=N``: the ranker
 fitted on the candidates of N of the training documents, drawn at random
-(seeded: a learning curve); ``unseen_boost=B``: the project's ``unseen_boost``
+(seeded: a learning curve); ``pair_method=topk|mean`` and ``pairs=N``:
+XGBoost's ``lambdarank_pair_method`` and ``lambdarank_num_pair_per_sample``
+(the truncation level for ``topk``, pairs per row for ``mean``); ``unseen_boost=B``: the project's ``unseen_boost``
 (B x the stored training documents' unseen share added to the log-odds of each
 candidate that no training document has, on this variant's own Platt curve;
 pairwise variants).
@@ -111,7 +113,7 @@ def parse_variant(text: str) -> dict:
     objective, *settings = text.split(",")
     variant = {"name": text, "objective": objective, "unseen_weight": 1.0, "unseen_label": 1.0,
                "rounds": 300, "depth": 6, "eta": 0.05, "blend": 0.0, "blend_max": 0.0, "drop": "",
-               "unseen_boost": 0.0, "docs": 0}
+               "unseen_boost": 0.0, "docs": 0, "pair_method": "", "pairs": 0}
     for setting in settings:
         key, value = setting.split("=")
         variant[key] = type(variant[key])(value)
@@ -142,6 +144,10 @@ def fit(train: pl.DataFrame, variant: dict, threads: int, names: list[str] | Non
     params = {"objective": variant["objective"], "eta": variant["eta"],
               "max_depth": variant["depth"], "subsample": 0.8, "tree_method": "hist",
               "nthread": threads, "seed": 42}
+    if variant["pair_method"]:
+        params["lambdarank_pair_method"] = variant["pair_method"]
+    if variant["pairs"]:
+        params["lambdarank_num_pair_per_sample"] = variant["pairs"]
     return xgb.train(params, data, num_boost_round=variant["rounds"])
 
 
