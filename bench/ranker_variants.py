@@ -22,7 +22,9 @@ out of training and validate, as if switched off; ``docs=N``: the ranker
 fitted on the candidates of N of the training documents, drawn at random
 (seeded: a learning curve); ``pair_method=topk|mean`` and ``pairs=N``:
 XGBoost's ``lambdarank_pair_method`` and ``lambdarank_num_pair_per_sample``
-(the truncation level for ``topk``, pairs per row for ``mean``); ``unseen_boost=B``: the project's ``unseen_boost``
+(the truncation level for ``topk``, pairs per row for ``mean``);
+``relative=ratio+rank``: within-document columns added to the features
+(each of RELATIVE_TO over the document's largest, and its rank there); ``unseen_boost=B``: the project's ``unseen_boost``
 (B x the stored training documents' unseen share added to the log-odds of each
 candidate that no training document has, on this variant's own Platt curve;
 pairwise variants).
@@ -101,10 +103,10 @@ def margin_boosts(booster, train: pl.DataFrame, found: pl.DataFrame, boost: floa
     """``boost`` x ``share`` in log-odds, in ``booster``'s margin units (its
     Platt curve fitted on the training rows, as training fits it), for the
     candidates no training document has."""
-    from annif_ebm.features import FEATURE_NAMES
     from annif_ebm.ranker import platt_scaling
 
-    margins = booster.inplace_predict(train.select(FEATURE_NAMES).to_numpy().astype(np.float32))
+    margins = booster.inplace_predict(
+        train.select(booster.feature_names).to_numpy().astype(np.float32))
     slope, _ = platt_scaling(margins, train["gold"].to_numpy())
     return boost * share / slope * (found["prior"].to_numpy() == 0)
 
@@ -113,7 +115,7 @@ def parse_variant(text: str) -> dict:
     objective, *settings = text.split(",")
     variant = {"name": text, "objective": objective, "unseen_weight": 1.0, "unseen_label": 1.0,
                "rounds": 300, "depth": 6, "eta": 0.05, "blend": 0.0, "blend_max": 0.0, "drop": "",
-               "unseen_boost": 0.0, "docs": 0, "pair_method": "", "pairs": 0}
+               "unseen_boost": 0.0, "docs": 0, "pair_method": "", "pairs": 0, "relative": ""}
     for setting in settings:
         key, value = setting.split("=")
         variant[key] = type(variant[key])(value)
@@ -149,6 +151,27 @@ def fit(train: pl.DataFrame, variant: dict, threads: int, names: list[str] | Non
     if variant["pairs"]:
         params["lambdarank_num_pair_per_sample"] = variant["pairs"]
     return xgb.train(params, data, num_boost_round=variant["rounds"])
+
+
+RELATIVE_TO = ["knn_score_sum", "knn_count", "knn_best", "prior", "doc_query_score", "max_score",
+               "score_sum", "lexical_share"]
+
+
+def with_relative(frame: pl.DataFrame, kinds: str) -> tuple[pl.DataFrame, list[str]]:
+    """The frame with within-document columns for :data:`RELATIVE_TO`:
+    ``ratio`` (the value over the document's largest), ``rank`` (1 = the
+    document's largest); ``kinds`` is '+'-separated. Returns it and the
+    added column names."""
+    added = []
+    for name in RELATIVE_TO:
+        value = pl.col(name)
+        if "ratio" in kinds:
+            added.append((value / value.max().over("doc")).alias(f"{name}_ratio"))
+        if "rank" in kinds:
+            added.append(value.rank("min", descending=True).over("doc")
+                         .cast(pl.Float32).alias(f"{name}_rank"))
+    frame = frame.with_columns(added)
+    return frame, [column.meta.output_name() for column in added]
 
 
 def some_documents(train: pl.DataFrame, n_docs: int) -> pl.DataFrame:
@@ -228,15 +251,27 @@ def main() -> None:
     rows, label_scores, share = [], None, None
     for text in args.variants:
         variant = parse_variant(text)
-        booster = fit(without(some_documents(train, variant["docs"]), variant["drop"]),
-                      variant, args.threads)
-        scores = booster.inplace_predict(
-            without(found, variant["drop"]).select(FEATURE_NAMES).to_numpy().astype(np.float32)
-            if variant["drop"] else validate_features)
+        if variant["relative"]:
+            names = list(FEATURE_NAMES)
+            variant_train, added = with_relative(train, variant["relative"])
+            variant_found, _ = with_relative(found, variant["relative"])
+            booster = fit(some_documents(variant_train, variant["docs"]), variant, args.threads,
+                          names + added)
+            scores = booster.inplace_predict(
+                variant_found.select(names + added).to_numpy().astype(np.float32))
+            train_for_boost = variant_train
+        else:
+            train_for_boost = train
+            booster = fit(without(some_documents(train, variant["docs"]), variant["drop"]),
+                          variant, args.threads)
+            scores = booster.inplace_predict(
+                without(found, variant["drop"]).select(FEATURE_NAMES).to_numpy().astype(np.float32)
+                if variant["drop"] else validate_features)
         if variant["unseen_boost"]:
             if share is None:
                 share = unseen_share(args.project)
-            scores = scores + margin_boosts(booster, train, found, variant["unseen_boost"], share)
+            scores = scores + margin_boosts(booster, train_for_boost, found, variant["unseen_boost"],
+                                           share)
         if variant["blend"] or variant["blend_max"]:
             if label_scores is None:
                 label_scores = label_only_scores(train, found, args.threads)
