@@ -356,7 +356,7 @@ class FeatureSettings:
         100, Kind.RUNTIME, _int_at_least(1), "candidate concepts ranked per document"
     )
     knn_neighbors: int = _param(
-        40,
+        20,
         Kind.MODEL,
         _int_at_least(0),
         "nearest training documents whose subjects become candidates (kNN); the "
