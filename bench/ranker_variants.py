@@ -24,7 +24,8 @@ fitted on the candidates of N of the training documents, drawn at random
 XGBoost's ``lambdarank_pair_method`` and ``lambdarank_num_pair_per_sample``
 (the truncation level for ``topk``, pairs per row for ``mean``);
 ``relative=ratio+rank``: within-document columns added to the features
-(each of RELATIVE_TO over the document's largest, and its rank there); ``unseen_boost=B``: the project's ``unseen_boost``
+(each of RELATIVE_TO over the document's largest, and its rank there);
+``unseen_boost=B``: the project's ``unseen_boost``
 (B x the stored training documents' unseen share added to the log-odds of each
 candidate that no training document has, on this variant's own Platt curve;
 pairwise variants).
@@ -265,13 +266,13 @@ def main() -> None:
             booster = fit(without(some_documents(train, variant["docs"]), variant["drop"]),
                           variant, args.threads)
             scores = booster.inplace_predict(
-                without(found, variant["drop"]).select(FEATURE_NAMES).to_numpy().astype(np.float32)
-                if variant["drop"] else validate_features)
+                without(found, variant["drop"]).select(FEATURE_NAMES).to_numpy()
+                .astype(np.float32) if variant["drop"] else validate_features)
         if variant["unseen_boost"]:
             if share is None:
                 share = unseen_share(args.project)
-            scores = scores + margin_boosts(booster, train_for_boost, found, variant["unseen_boost"],
-                                           share)
+            scores = scores + margin_boosts(booster, train_for_boost, found,
+                                            variant["unseen_boost"], share)
         if variant["blend"] or variant["blend_max"]:
             if label_scores is None:
                 label_scores = label_only_scores(train, found, args.threads)

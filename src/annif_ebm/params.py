@@ -409,8 +409,8 @@ class RankerSettings:
         _int_at_least(0),
         "train the ranker on at most N documents: half chosen to cover as many distinct "
         "gold subjects as possible, half at random; 0 = all. Measured on yso-finna-en "
-        "validate: F1@5 0.175 / 0.180 / 0.184 / 0.189 / 0.190 from 1,250 / 2,500 / 5,000 / 20,000 / "
-        "all 99,000 (docs/tuning.md)",
+        "validate: F1@5 0.175 / 0.180 / 0.184 / 0.189 / 0.190 from 1,250 / 2,500 / 5,000 / "
+        "20,000 / all 99,000 (docs/tuning.md)",
     )
     min_train_docs: int = _param(
         1000,
