@@ -248,30 +248,23 @@ def main() -> None:
     train = training_candidates(workdir / "data", args.project)
     from annif_ebm.features import FEATURE_NAMES
 
-    validate_features = found.select(FEATURE_NAMES).to_numpy().astype(np.float32)
     rows, label_scores, share = [], None, None
     for text in args.variants:
         variant = parse_variant(text)
+        variant_train = without(train, variant["drop"])
+        variant_found = without(found, variant["drop"])
+        names = list(FEATURE_NAMES)
         if variant["relative"]:
-            names = list(FEATURE_NAMES)
-            variant_train, added = with_relative(train, variant["relative"])
-            variant_found, _ = with_relative(found, variant["relative"])
-            booster = fit(some_documents(variant_train, variant["docs"]), variant, args.threads,
-                          names + added)
-            scores = booster.inplace_predict(
-                variant_found.select(names + added).to_numpy().astype(np.float32))
-            train_for_boost = variant_train
-        else:
-            train_for_boost = train
-            booster = fit(without(some_documents(train, variant["docs"]), variant["drop"]),
-                          variant, args.threads)
-            scores = booster.inplace_predict(
-                without(found, variant["drop"]).select(FEATURE_NAMES).to_numpy()
-                .astype(np.float32) if variant["drop"] else validate_features)
+            variant_train, added = with_relative(variant_train, variant["relative"])
+            variant_found, _ = with_relative(variant_found, variant["relative"])
+            names += added
+        booster = fit(some_documents(variant_train, variant["docs"]), variant, args.threads, names)
+        scores = booster.inplace_predict(
+            variant_found.select(names).to_numpy().astype(np.float32))
         if variant["unseen_boost"]:
             if share is None:
                 share = unseen_share(args.project)
-            scores = scores + margin_boosts(booster, train_for_boost, found,
+            scores = scores + margin_boosts(booster, variant_train, found,
                                             variant["unseen_boost"], share)
         if variant["blend"] or variant["blend_max"]:
             if label_scores is None:
