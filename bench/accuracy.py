@@ -50,6 +50,7 @@ PROJECTS = {
     "ebm-ranker-all": "backend=ebm\nmax_train_docs=0",
     # more neighbours vote in the kNN features
     "ebm-knn-40": "backend=ebm\nknn_neighbors=40",
+    "ebm-knn-40-ranker-40k": "backend=ebm\nknn_neighbors=40\nmax_train_docs=40000",
     # a static model is cheap to tune: on more documents
     "ebm-static-finetune-20k": "backend=ebm\nstatic_embedding=true\nfinetune=true\n"
                                "finetune_docs=20000",

@@ -112,10 +112,19 @@ def _curve(explained):
     return lambda margin: 1 / (1 + math.exp(-(a * margin + b)))
 
 
-def test_evidence_agrees_with_the_rankers_features(explained, sample_corpus):
+@pytest.fixture(scope="module")
+def explained_candidates(trained_env, documents) -> list[dict]:
+    """Every candidate of the documents explained, not only the top: the kNN
+    subjects among them, whatever their rank."""
+    result = explain_cli(trained_env, "ebm-en", *map(str, documents), "--limit", "100",
+                         "--format", "json")
+    return json.loads(result.stdout)
+
+
+def test_evidence_agrees_with_the_rankers_features(explained_candidates, sample_corpus):
     train_text = re.sub(r"\s+", " ", sample_corpus["train"].read_text(encoding="utf-8"))
     seen_neighbours = seen_passages = 0
-    for explanation in explained:
+    for explanation in explained_candidates:
         chunks = {c["position"]: c for c in explanation["chunks"]}
         text = explanation["text"]
         for chunk in chunks.values():  # each placed passage is where it says

@@ -356,12 +356,13 @@ class FeatureSettings:
         100, Kind.RUNTIME, _int_at_least(1), "candidate concepts ranked per document"
     )
     knn_neighbors: int = _param(
-        20,
+        40,
         Kind.MODEL,
         _int_at_least(0),
         "nearest training documents whose subjects become candidates (kNN); the "
         "training documents are stored in the project; 0 = off. Measured (validate F1@5, "
-        "20 -> 40): tibcore-en 0.282 -> 0.287, yso-finna-en 0.1885 -> 0.1888 (docs/tuning.md)",
+        "20 -> 40): tibcore-en 0.282 -> 0.287, yso-finna-en 0.1885 -> 0.1888; within "
+        "0.0012 with 250-1,000 training documents (docs/tuning.md)",
     )
     knn_candidates: int = _param(
         20, Kind.RUNTIME, _int_at_least(1),
@@ -404,13 +405,14 @@ class RankerSettings:
     """The XGBoost ranker and the sample it is trained on."""
 
     max_train_docs: int = _param(
-        20000,
+        40000,
         Kind.TRAIN,
         _int_at_least(0),
         "train the ranker on at most N documents: half chosen to cover as many distinct "
         "gold subjects as possible, half at random; 0 = all. Measured on yso-finna-en "
-        "validate: F1@5 0.175 / 0.180 / 0.184 / 0.189 / 0.190 from 1,250 / 2,500 / 5,000 / "
-        "20,000 / all 99,000 (docs/tuning.md)",
+        "validate (20 kNN neighbours): F1@5 0.175 / 0.180 / 0.184 / 0.189 / 0.190 / 0.190 "
+        "from 1,250 / 2,500 / 5,000 / 20,000 / 40,000 / all 99,000; with 40 neighbours "
+        "0.191 from 40,000 (docs/tuning.md)",
     )
     min_train_docs: int = _param(
         1000,
