@@ -186,8 +186,12 @@ def explain_texts(texts: list[str], pipeline: Pipeline, limit: int, subjects,
                 notation=subject.notation or None, score=score,
                 margin=float(margins[row]),
                 contributions=by_family, feature_contributions=by_feature,
-                features=features, passages=evidence.passages(doc, concept),
-                # only where the ranker saw them (kNN candidates are capped)
+                # each only where the ranker saw it: label-match candidates are
+                # capped (candidates_per_doc), a concept cut there and brought back
+                # by kNN has no label-match features; kNN candidates are capped too
+                features=features,
+                passages=(evidence.passages(doc, concept)
+                          if features["max_score"] is not None else []),
                 neighbours=(evidence.neighbours(doc, concept)
                             if features["knn_count"] is not None else []),
                 training_documents=evidence.training_documents(concept)))
