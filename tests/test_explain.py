@@ -114,8 +114,8 @@ def _curve(explained):
 
 @pytest.fixture(scope="module")
 def explained_candidates(trained_env, documents) -> list[dict]:
-    """Every candidate of the documents explained, not only the top: the kNN
-    subjects among them, whatever their rank."""
+    """The best 100 candidates of each document explained, not only the top:
+    kNN subjects among them, and concepts only kNN brought in."""
     result = explain_cli(trained_env, "ebm-en", *map(str, documents), "--limit", "100",
                          "--format", "json")
     return json.loads(result.stdout)
