@@ -68,11 +68,15 @@ def documents(trained_env, sample_corpus) -> list[pathlib.Path]:
     return paths
 
 
-@pytest.fixture(scope="module")
-def explained(trained_env, documents) -> list[dict]:
-    result = explain_cli(trained_env, "ebm-en", *map(str, documents), "--limit", "8",
+def explain_json(env: AnnifEnv, documents: list[pathlib.Path], limit: int) -> list[dict]:
+    result = explain_cli(env, "ebm-en", *map(str, documents), "--limit", str(limit),
                          "--format", "json")
     return json.loads(result.stdout)
+
+
+@pytest.fixture(scope="module")
+def explained(trained_env, documents) -> list[dict]:
+    return explain_json(trained_env, documents, 8)
 
 
 def test_explain_gives_the_suggestions_and_scores_of_annif_suggest(trained_env, documents,
@@ -116,9 +120,7 @@ def _curve(explained):
 def explained_candidates(trained_env, documents) -> list[dict]:
     """The best 100 candidates of each document explained, not only the top:
     kNN subjects among them, and concepts only kNN brought in."""
-    result = explain_cli(trained_env, "ebm-en", *map(str, documents), "--limit", "100",
-                         "--format", "json")
-    return json.loads(result.stdout)
+    return explain_json(trained_env, documents, 100)
 
 
 def test_evidence_agrees_with_the_rankers_features(explained_candidates, sample_corpus):
